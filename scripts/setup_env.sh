@@ -11,6 +11,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${D3_VENV:-$ROOT/.venv}"
 TORCH_SPEC="${D3_TORCH:-torch==2.13.0}"
 BUILD="$ROOT/build/cmake"
+mkdir -p "$ROOT/build"
 T0=$SECONDS
 say() { printf '[setup %3ds] %s\n' "$((SECONDS - T0))" "$*"; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
