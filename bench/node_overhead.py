@@ -1,0 +1,182 @@
+"""P4: per-frame cost of the node's work except the model, at 640x480 with depth + normals + cloud.
+
+Stages (the same calls the node makes): decode (Image msg -> rgb), metric fit (robust sparse fit + apply),
+normals (model normals -> optical frame), cloud (back-projection + organized structured cloud), packing
+(depth, relative, colored, normals, camera_info and PointCloud2 messages). Peer, measured in the same run:
+the way common ROS Python code does it — per-pixel back-projection in Python loops over rows and a
+PointCloud2 packed from a list of per-point tuples, as ``sensor_msgs_py.point_cloud2.create_cloud`` takes
+them (written here: sensor_msgs_py is not on the package registries).
+
+  .venv/bin/python bench/node_overhead.py                 # 30 frames, peer on 3 frames
+  .venv/bin/python bench/node_overhead.py --frames 100 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import struct
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+H, W = 480, 640
+
+
+def _inputs():
+    from d3_perception.ros.conversions import numpy_to_msg
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    image_msg = numpy_to_msg(rgb, "rgb8")
+    yy = np.linspace(0.1, 0.9, H, dtype=np.float32)[:, None]
+    relative = np.broadcast_to(yy, (H, W)).copy() + rng.normal(0, 0.01, (H, W)).astype(np.float32)
+    normals = rng.normal(size=(3, H, W)).astype(np.float32)  # backend layout, opengl convention
+    sparse = np.full((H, W), np.nan, np.float32)
+    rows = np.linspace(0, H - 1, 18).round().astype(int)[1:-1]
+    sparse[rows] = 4.0 * relative[rows] + 0.5
+    K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
+    return image_msg, relative, normals, sparse, K
+
+
+def ours(image_msg, relative, normals_chw, sparse, K, aligner, timings, pool):
+    from std_msgs.msg import Header
+
+    from d3_perception.geometry.alignment import MetricAligner
+    from d3_perception.geometry.normals import to_optical_frame
+    from d3_perception.geometry.pointcloud import CLOUD_DTYPE, cloud_from_depth
+    from d3_perception.image_codec import to_rgb8
+    from d3_perception.ros import conversions as conv
+    from d3_perception.ros.node import D3PerceptionNode
+
+    header = Header(frame_id="camera_optical_frame")
+    t = [time.perf_counter()]
+    rgb = to_rgb8(conv.msg_to_numpy(image_msg, 8_294_400), image_msg.encoding)
+    t.append(time.perf_counter())
+    res = aligner.update(relative, sparse)
+    depth_m = MetricAligner.apply(relative, res)
+    t.append(time.perf_counter())
+    normals = to_optical_frame(normals_chw, "opengl", K)
+    t.append(time.perf_counter())
+    # as the node: the cloud is built in the message buffer reused across frames
+    buf, block = pool.float32_block("points", (H, W, CLOUD_DTYPE.itemsize // 4))
+    cloud = cloud_from_depth(depth_m, K, rgb, normals, min_range_m=0.1, max_range_m=20.0, out=block)
+    t.append(time.perf_counter())
+    msgs = [conv.numpy_to_msg(depth_m, "32FC1", header, pool, "depth"),
+            conv.numpy_to_msg(relative, "32FC1", header, pool, "relative"),
+            conv.numpy_to_msg(D3PerceptionNode._colorize(relative, "turbo"), "bgr8", header, pool, "colored"),
+            conv.numpy_to_msg(normals, "32FC3", header, pool, "normals"),
+            conv.scaled_camera_info(None, K, (H, W), header), conv.cloud_to_msg(cloud, header, buf)]
+    t.append(time.perf_counter())
+    for name, a, b in zip(("decode", "metric_fit", "normals", "cloud", "packing"), t[:-1], t[1:], strict=True):
+        timings.setdefault(name, []).append((b - a) * 1e3)
+    return msgs
+
+
+def peer(image_msg, relative, normals_chw, sparse, K, timings):
+    """Common ROS Python style: same decode/fit/normals, but Python loops for points and tuple packing."""
+    from sensor_msgs.msg import PointCloud2, PointField
+
+    from d3_perception.geometry.normals import to_optical_frame
+    from d3_perception.image_codec import to_rgb8
+    from d3_perception.ros import conversions as conv
+
+    t0 = time.perf_counter()
+    rgb = to_rgb8(conv.msg_to_numpy(image_msg), image_msg.encoding)
+    valid = np.isfinite(sparse)
+    scale, shift = np.polyfit(relative[valid], sparse[valid], 1)
+    depth_m = (scale * relative + shift).astype(np.float32)
+    normals = to_optical_frame(normals_chw, "opengl", K)
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    points = []
+    for v in range(H):  # per-pixel back-projection, loop over rows and pixels
+        drow, crow, nrow = depth_m[v].tolist(), rgb[v].tolist(), normals[v].tolist()
+        for u in range(W):
+            z = drow[u]
+            x, y = (u - cx) / fx * z, (v - cy) / fy * z
+            r, g, b = crow[u]
+            rgbf = struct.unpack("f", struct.pack("I", (r << 16) | (g << 8) | b))[0]
+            if not 0.1 <= (x * x + y * y + z * z) ** 0.5 <= 20.0:
+                x = y = z = float("nan")
+            points.append((x, y, z, rgbf, *nrow[u]))
+    fields = [PointField(name=n, offset=4 * i, datatype=PointField.FLOAT32, count=1)
+              for i, n in enumerate(("x", "y", "z", "rgb", "normal_x", "normal_y", "normal_z"))]
+    # create_cloud: one struct.pack_into per point tuple
+    fmt = struct.Struct("<7f")
+    buff = bytearray(fmt.size * len(points))
+    for i, p in enumerate(points):
+        fmt.pack_into(buff, i * fmt.size, *p)
+    msg = PointCloud2(height=H, width=W, fields=fields, is_bigendian=False, point_step=fmt.size,
+                      row_step=fmt.size * W, is_dense=False)
+    msg.data = bytes(buff)
+    timings.setdefault("total", []).append((time.perf_counter() - t0) * 1e3)
+    return msg
+
+
+def _stats(values):
+    a = np.asarray(values)
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)), "n": int(a.size)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="examples:\n  .venv/bin/python bench/node_overhead.py\n"
+                                            "  .venv/bin/python bench/node_overhead.py --frames 100 --json p4.json")
+    parser.add_argument("--frames", type=int, default=30, help="timed frames of our path (default 30)")
+    parser.add_argument("--peer-frames", type=int, default=3, help="timed frames of the peer (default 3)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.frames < 1 or args.peer_frames < 1:
+        parser.error("--frames and --peer-frames must be >= 1")
+
+    from d3_perception.geometry.alignment import MetricAligner, MetricConfig
+    from d3_perception.ros.conversions import BufferPool
+
+    inputs = _inputs()
+    pool = BufferPool()
+    aligner = MetricAligner(MetricConfig(mode="sparse_depth", min_points=50))
+    warm: dict = {}
+    for _ in range(args.warmup):
+        ours(*inputs, aligner, warm, pool)
+    timings: dict = {}
+    for _ in range(args.frames):
+        ours(*inputs, aligner, timings, pool)
+    totals = [sum(v[i] for v in timings.values()) for i in range(args.frames)]
+    peer_t: dict = {}
+    peer(*inputs, {})  # warm-up
+    for _ in range(args.peer_frames):
+        peer(*inputs, peer_t)
+
+    result = {
+        "benchmark": "node_overhead (P4)", "resolution": f"{W}x{H}", "machine": f"{platform.processor() or platform.machine()}",
+        "outputs": "depth, relative, colored, normals, camera_info, points (x,y,z,rgb,normal_xyz)",
+        "ours": {"total": _stats(totals), **{k: _stats(v) for k, v in timings.items()}},
+        "peer_python_loops": {"total": _stats(peer_t["total"])},
+        "load_average_1min": os.getloadavg()[0],  # the 2 cores are shared: absolute times scale with this
+    }
+    speedup = result["peer_python_loops"]["total"]["p50_ms"] / result["ours"]["total"]["p50_ms"]
+    result["speedup_p50"] = speedup
+    print(f"node overhead at {W}x{H} (everything but the model), {args.frames} frames after {args.warmup} warm-up; "
+          f"load average {result['load_average_1min']:.1f} on {os.cpu_count()} cores")
+    for k in ("decode", "metric_fit", "normals", "cloud", "packing", "total"):
+        s = result["ours"][k]
+        print(f"  ours {k:<11} p50 {s['p50_ms']:8.2f} ms   p95 {s['p95_ms']:8.2f} ms")
+    s = result["peer_python_loops"]["total"]
+    print(f"  peer (Python loops + per-point tuples) total p50 {s['p50_ms']:8.1f} ms   p95 {s['p95_ms']:8.1f} ms")
+    print(f"  ratio peer/ours (p50): {speedup:.1f}x   target >= 3x: {'met' if speedup >= 3 else 'NOT met'}; "
+          f"ours p50 <= 5 ms: {'met' if result['ours']['total']['p50_ms'] <= 5 else 'NOT met'}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
