@@ -1,0 +1,591 @@
+"""Evaluate a depth predictor on a ROS 2 bag: the core behind ``d3-eval-bag`` (no CLI, no ROS).
+
+:func:`evaluate_bag` runs a :class:`~d3_perception.backends.base.Backend` frame by frame (or reads predictions
+recorded in the bag), turns the relative depth into metric depth with one of the metric modes, and collects
+per-frame metrics, accumulators for the plots, latency, scale/shift drift and valid-pixel fractions into a
+:class:`BagEvalResult`. Optionally every prediction is written to an output bag (:class:`PredictionBagWriter`).
+
+Metric modes (``BagEvalConfig.metric_mode``):
+  ``per_frame``     least-squares scale + shift against each frame's ground truth (affine-invariant quality);
+  ``global``        one least-squares scale + shift over all frames (scale consistency over time);
+  ``fixed``         ``metric = fixed_scale * relative + fixed_shift`` (what the node's ``fixed`` mode publishes);
+  ``sparse_depth``  the node's robust sparse fit with smoothing and hold (:class:`MetricAligner`), reference from
+                    the bag's sparse depth topic: exactly what the live node would publish;
+  ``none``          the prediction is already metric (e.g. a recorded ``depth`` topic of the node).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from d3_perception.evaluation.bag_source import BagError, BagFrame, BagIndex, BagSource, TopicSelection
+from d3_perception.evaluation.metrics import (
+    DEPTH_METRICS,
+    NormalErrorAccumulator,
+    _vdot,
+    depth_metrics_flat,
+    fit_flat,
+    mean_metrics,
+    normal_angles_deg,
+)
+from d3_perception.geometry.alignment import AlignmentResult, MetricAligner, MetricConfig
+
+__all__ = ["METRIC_MODES", "BagEvalConfig", "BagEvalResult", "FrameRecord", "PredictionBagWriter", "evaluate_bag"]
+
+logger = logging.getLogger(__name__)
+
+METRIC_MODES = ("per_frame", "global", "fixed", "sparse_depth", "none")
+#: Relative-error histogram bins (|pred - gt| / gt) and GT depth bins (m, log-spaced) of the plots.
+REL_ERROR_BINS = np.linspace(0.0, 1.0, 101)
+DEPTH_BINS_M = np.geomspace(0.1, 200.0, 34)
+_LOG_D0 = math.log(DEPTH_BINS_M[0])
+_LOG_DSTEP = math.log(DEPTH_BINS_M[1] / DEPTH_BINS_M[0])
+
+
+@dataclass(frozen=True)
+class BagEvalConfig:
+    """Settings of one bag evaluation (``d3-eval-bag`` options)."""
+
+    metric_mode: str = "per_frame"
+    alignment_space: str = "depth"  # per_frame / global: fit in depth or disparity space
+    fixed_scale: float = 1.0
+    fixed_shift: float = 0.0
+    min_depth_m: float = 1e-3  # GT validity range (strict) and clip range of the metric prediction
+    max_depth_m: float = math.inf
+    max_dt_ms: float = 10.0  # stamp tolerance for matching ground truth to images
+    batch_size: int = 1
+    sparse_min_points: int = 50
+    sparse_smoothing: float = 0.8
+    montage_frames: int = 4
+    normals_convention: str = "optical"  # frame of the model's normals (checkpoint config)
+
+    def __post_init__(self) -> None:
+        if self.metric_mode not in METRIC_MODES:
+            raise ValueError(f"`metric_mode` must be one of {METRIC_MODES}; got {self.metric_mode!r}")
+        if self.alignment_space not in ("depth", "disparity"):
+            raise ValueError(f"`alignment_space` must be depth or disparity; got {self.alignment_space!r}")
+        if not (self.min_depth_m >= 0 and self.max_depth_m > self.min_depth_m):
+            raise ValueError(f"`min_depth_m` must be >= 0 and < `max_depth_m`; got {self.min_depth_m}, {self.max_depth_m}")
+        if not (self.max_dt_ms >= 0 and math.isfinite(self.max_dt_ms)):
+            raise ValueError(f"`max_dt_ms` must be finite and >= 0; got {self.max_dt_ms}")
+        if self.batch_size < 1:
+            raise ValueError(f"`batch_size` must be >= 1; got {self.batch_size}")
+        if self.metric_mode == "fixed" and not (math.isfinite(self.fixed_scale) and self.fixed_scale > 0):
+            raise ValueError(f"`fixed_scale` must be finite and > 0; got {self.fixed_scale}")
+        if self.montage_frames < 0:
+            raise ValueError(f"`montage_frames` must be >= 0; got {self.montage_frames}")
+
+
+@dataclass
+class FrameRecord:
+    """Per-frame result (one row of per_frame.csv; metrics NaN when the frame has no metric depth)."""
+
+    index: int
+    stamp_ns: int
+    time_s: float  # since the first evaluated frame
+    status: str  # "ok", "no_metric" (sparse mode without a fit), "no_valid_gt"
+    scale: float  # applied scale/shift (metric mode)
+    shift: float
+    fit_scale: float  # per-frame least-squares fit against GT (drift reference), NaN if impossible
+    fit_shift: float
+    gt_valid_fraction: float
+    pred_valid_fraction: float  # share of GT-valid pixels with a valid metric prediction
+    model_ms: float  # NaN in --pred-topic mode
+    record_latency_ms: float  # --pred-topic: bag receive time - header stamp; else NaN
+    metrics: dict[str, float] = field(default_factory=dict)
+    normals: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class BagEvalResult:
+    """Everything the report needs. ``complete`` is False when the bag broke mid-way (``error`` says why)."""
+
+    config: BagEvalConfig
+    topics: TopicSelection
+    counts: dict
+    frames: list[FrameRecord]
+    aggregate: dict[str, float]
+    normals: dict[str, float] | None
+    latency_ms: dict[str, dict[str, float]]
+    drift: dict[str, dict[str, float]]
+    valid_fraction: dict[str, float]
+    timing_s: dict[str, float]
+    error_hist: np.ndarray  # [len(REL_ERROR_BINS)] counts; last bin = errors >= 1
+    depth_bins: dict[str, np.ndarray]  # {"edges_m", "abs_rel_sum", "count"}
+    samples: list[dict]  # montage samples: {"index", "rgb", "gt", "pred", "err"}
+    complete: bool = True
+    error: str | None = None
+    global_fit: dict[str, float] | None = None
+    model: dict | None = None
+
+    def summary(self) -> dict:
+        """JSON-ready dict (without the arrays of the plots)."""
+        return {
+            "status": "complete" if self.complete else "incomplete",
+            "error": self.error,
+            "config": asdict(self.config),
+            "topics": asdict(self.topics),
+            "model": self.model,
+            "counts": self.counts,
+            "aggregate": self.aggregate,
+            "normals": self.normals,
+            "global_fit": self.global_fit,
+            "latency_ms": self.latency_ms,
+            "drift": self.drift,
+            "valid_fraction": self.valid_fraction,
+            "timing_s": self.timing_s,
+            "depth_bins": {
+                "edges_m": self.depth_bins["edges_m"].tolist(),
+                "abs_rel": _safe_div(self.depth_bins["abs_rel_sum"], self.depth_bins["count"]).tolist(),
+                "count": self.depth_bins["count"].tolist(),
+            },
+            "frames": [asdict(f) for f in self.frames],
+        }
+
+
+def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(b > 0, a / np.maximum(b, 1), np.nan)
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    v = np.asarray([x for x in values if math.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {}
+    return {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)), "mean": float(v.mean()),
+            "max": float(v.max()), "count": int(v.size)}
+
+
+def _drift(times: list[float], values: list[float]) -> dict[str, float]:
+    t = np.asarray(times, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)
+    t, v = t[ok], v[ok]
+    if v.size == 0:
+        return {}
+    out = {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max()),
+           "cv": float(v.std() / abs(v.mean())) if v.mean() != 0 else float("nan")}
+    if v.size >= 2 and np.ptp(t) > 0:
+        out["slope_per_s"] = float(np.polyfit(t, v, 1)[0])
+    return out
+
+
+class PredictionBagWriter:
+    """Writes the node's output topics for each evaluated frame, plus copies of the input topics.
+
+    Topics (``prefix`` default ``/d3``): ``depth/relative`` (32FC1, [0,1], 0 = near), ``depth`` (32FC1 metres,
+    NaN invalid; when a metric depth exists), ``depth/camera_info``, ``normals`` (32FC3, optical frame), ``points``
+    (organized PointCloud2 x,y,z,rgb,normal_x/y/z; needs camera_info). Header stamp and frame_id are the input
+    image's; bag time is the input image's bag time. Input messages are copied once each at their bag time, so
+    the output bag evaluates like a recording of the live node (``--pred-topic``).
+    """
+
+    def __init__(self, path: str | Path, storage: str, prefix: str = "/d3") -> None:
+        from d3_perception.rosbag_io import BagWriter
+
+        if not prefix.startswith("/"):
+            raise ValueError(f"`prefix` must start with '/'; got {prefix!r}")
+        self.prefix = prefix.rstrip("/")
+        self._bag = BagWriter(path, storage=storage)
+        self._bag.open()
+        self._copied: set[tuple[str, int]] = set()
+        self.points_skipped = 0
+
+    def close(self) -> None:
+        self._bag.close()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(self._bag.counts)
+
+    def write(self, frame: BagFrame, relative: np.ndarray | None, metric_m: np.ndarray | None,
+              normals: np.ndarray | None) -> None:
+        """``relative``/``metric_m`` ``[H,W]`` float32, ``normals`` ``[H,W,3]`` optical frame (any may be None)."""
+        from d3_perception.geometry.pointcloud import backproject, make_cloud
+
+        for topic, (msgtype, t_ns, msg) in frame.raw.items():
+            key = (topic, int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec))
+            if key not in self._copied:
+                self._copied.add(key)
+                self._bag.write_message(topic, msgtype, msg, t_ns)
+        stamp, fid, t_ns, p = frame.stamp_ns, frame.frame_id, frame.log_time_ns, self.prefix
+        if relative is not None:
+            self._bag.write_image(f"{p}/depth/relative", relative.astype(np.float32), "32FC1", stamp, fid, log_time_ns=t_ns)
+        if metric_m is not None:
+            self._bag.write_image(f"{p}/depth", metric_m.astype(np.float32), "32FC1", stamp, fid, log_time_ns=t_ns)
+        if normals is not None:
+            self._bag.write_image(f"{p}/normals", normals.astype(np.float32), "32FC3", stamp, fid, log_time_ns=t_ns)
+        if frame.K is not None:
+            h, w = frame.depth_m.shape
+            self._bag.write_camera_info(f"{p}/depth/camera_info", frame.K, (h, w), stamp, fid, log_time_ns=t_ns)
+            if metric_m is not None:
+                points = backproject(metric_m, frame.K)  # [H,W,3] optical frame
+                rgb = frame.rgb if frame.rgb is not None and frame.rgb.shape[:2] == (h, w) else None
+                cloud = make_cloud(points, rgb=rgb, normals=normals)  # (H,W) structured
+                self._bag.write_pointcloud(f"{p}/points", cloud, stamp, fid, log_time_ns=t_ns)
+                return
+        self.points_skipped += 1
+
+
+class _Accumulators:
+    def __init__(self, montage_indices: set[int]) -> None:
+        self.error_hist = np.zeros(len(REL_ERROR_BINS), dtype=np.int64)
+        self.depth_sum = np.zeros(len(DEPTH_BINS_M) - 1, dtype=np.float64)
+        self.depth_count = np.zeros(len(DEPTH_BINS_M) - 1, dtype=np.int64)
+        self.normals = NormalErrorAccumulator()
+        self.montage_indices = montage_indices
+        self.samples: list[dict] = []
+
+    def add_depth(self, rel_err: np.ndarray, log_gt: np.ndarray) -> None:
+        """``[M]`` per-pixel ``|pred-gt|/gt`` and ``log(gt)`` of one frame's valid pixels."""
+        idx = np.minimum((rel_err * (len(REL_ERROR_BINS) - 1)).astype(np.int64), len(REL_ERROR_BINS) - 1)
+        self.error_hist += np.bincount(idx, minlength=len(REL_ERROR_BINS))
+        # Log-spaced bins: the bin index is affine in log(gt) (cheaper than a search over the edges).
+        b = np.floor((log_gt - _LOG_D0) / _LOG_DSTEP).astype(np.int64)
+        ok = (b >= 0) & (b < len(self.depth_sum))
+        self.depth_sum += np.bincount(b[ok], weights=rel_err[ok], minlength=len(self.depth_sum))
+        self.depth_count += np.bincount(b[ok], minlength=len(self.depth_count))
+
+
+def _montage_indices(n: int, k: int) -> set[int]:
+    if n <= 0 or k <= 0:
+        return set()
+    return {int(round(x)) for x in np.linspace(0, n - 1, min(k, n))}
+
+
+def _downsample(arr: np.ndarray, max_side: int = 320) -> np.ndarray:
+    step = max(1, math.ceil(max(arr.shape[:2]) / max_side))
+    return np.ascontiguousarray(arr[::step, ::step])
+
+
+class _Evaluator:
+    """State of one run; see :func:`evaluate_bag`."""
+
+    def __init__(self, cfg: BagEvalConfig, idx: BagIndex, writer: PredictionBagWriter | None) -> None:
+        self.cfg = cfg
+        self.idx = idx
+        self.writer = writer
+        self.records: list[FrameRecord] = []
+        self.acc = _Accumulators(_montage_indices(len(idx.matches), cfg.montage_frames))
+        self.t0_ns: int | None = None
+        self.timing = {"model": 0.0, "read_decode": 0.0, "metrics": 0.0, "write_bag": 0.0}
+        mode = {"fixed": "fixed", "sparse_depth": "sparse_depth"}.get(cfg.metric_mode, "none")
+        self.aligner = MetricAligner(MetricConfig(mode=mode, fixed_scale=cfg.fixed_scale, fixed_shift=cfg.fixed_shift,
+                                                  min_points=cfg.sparse_min_points, smoothing=cfg.sparse_smoothing))
+        self.global_sums = np.zeros(5, dtype=np.float64)  # n, sum p, sum t, sum pp, sum pt over valid pixels
+
+    def gt_mask(self, gt: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return np.isfinite(gt) & (gt > self.cfg.min_depth_m) & (gt < self.cfg.max_depth_m)
+
+    def _fit_target(self, gt: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if self.cfg.alignment_space == "depth":
+            return gt
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(mask, 1.0 / gt, 0.0)
+
+    def add_global(self, rel: np.ndarray, gt: np.ndarray) -> None:
+        mask = self.gt_mask(gt)
+        p = rel[mask].astype(np.float64)
+        t = self._fit_target(gt, mask)[mask].astype(np.float64)
+        self.global_sums += (p.size, p.sum(), t.sum(), _vdot(p, p), _vdot(p, t))
+
+    def global_fit(self) -> tuple[float, float]:
+        n, sp, st, spp, spt = self.global_sums
+        var = spp - sp * sp / max(n, 1)
+        if n < 2 or var <= 1e-12 * n:
+            raise BagError("global alignment needs a non-constant prediction on at least 2 valid ground-truth pixels")
+        scale = (spt - sp * st / n) / var
+        return float(scale), float((st - scale * sp) / n)
+
+    def to_metric(self, rel: np.ndarray, frame: BagFrame, fit: tuple[float, float]) -> tuple[np.ndarray | None, float, float, str]:
+        """Metric depth ``[H,W]`` float32 (NaN invalid) for the configured mode, with its scale/shift/status.
+
+        ``fit`` is this frame's least-squares fit against the ground truth (NaN when impossible).
+        """
+        cfg = self.cfg
+        if cfg.metric_mode == "none":
+            return rel.astype(np.float32, copy=True), 1.0, 0.0, "ok"
+        if cfg.metric_mode == "per_frame":
+            if not math.isfinite(fit[0]):
+                return None, math.nan, math.nan, "no_metric"
+            return self._apply(rel, *fit), fit[0], fit[1], "ok"
+        if cfg.metric_mode == "global":
+            scale, shift = self._global
+            return self._apply(rel, scale, shift), scale, shift, "ok"
+        result: AlignmentResult = self.aligner.update(rel, frame.sparse_m)
+        if not result.is_metric:
+            return None, math.nan, math.nan, "no_metric"
+        return MetricAligner.apply(rel, result), result.scale, result.shift, "ok"
+
+    def _apply(self, rel: np.ndarray, scale: float, shift: float) -> np.ndarray:
+        lin = scale * rel.astype(np.float64) + shift
+        if self.cfg.alignment_space == "disparity":
+            with np.errstate(divide="ignore"):
+                lin = np.where(lin > 0, 1.0 / np.maximum(lin, 1e-12), np.nan)
+        metric = lin.astype(np.float32)
+        with np.errstate(invalid="ignore"):
+            metric[~(metric > 0)] = np.nan
+        return metric
+
+    def finish(self, frame: BagFrame, rel: np.ndarray, normals_hw3: np.ndarray | None, model_ms: float) -> None:
+        """Metrics, accumulators, montage and output bag for one frame."""
+        t_start = time.perf_counter()
+        cfg = self.cfg
+        gt = frame.depth_m
+        if rel.shape != gt.shape:
+            raise BagError(f"prediction size {rel.shape} must equal the ground-truth size {gt.shape} (frame {frame.index})")
+        if self.t0_ns is None:
+            self.t0_ns = frame.stamp_ns
+        mask = self.gt_mask(gt)
+        gt_v = gt[mask]  # [M] valid ground truth, m
+        n_valid = int(gt_v.size)
+        fit_scale = fit_shift = math.nan
+        if n_valid >= 2 and cfg.metric_mode != "none":
+            target_v = gt_v if cfg.alignment_space == "depth" else 1.0 / gt_v.astype(np.float64)
+            try:
+                fit_scale, fit_shift, _ = fit_flat(rel[mask], target_v)
+            except ValueError:
+                pass
+        metric, scale, shift, status = self.to_metric(rel, frame, (fit_scale, fit_shift))
+        if n_valid == 0:
+            status = "no_valid_gt"
+        metrics: dict[str, float] = dict.fromkeys(DEPTH_METRICS, math.nan)
+        pred_valid = 0.0
+        if metric is not None and n_valid:
+            metric_v = metric[mask]  # [M]
+            with np.errstate(invalid="ignore"):
+                pred_valid = float(np.count_nonzero(np.isfinite(metric_v) & (metric_v > 0))) / n_valid
+            # Protocol: the metric prediction is clipped to the depth range on every GT-valid pixel, so missing or
+            # non-positive predictions count as errors at min_depth_m (never silently dropped).
+            lo = max(cfg.min_depth_m, 1e-6)
+            hi = cfg.max_depth_m if math.isfinite(cfg.max_depth_m) else float(np.finfo(np.float32).max)
+            clipped_v = np.clip(np.nan_to_num(metric_v, nan=lo, posinf=hi, neginf=lo), lo, hi)
+            metrics, rel_err, log_gt = depth_metrics_flat(clipped_v, gt_v)
+            self.acc.add_depth(rel_err, log_gt)
+        normal_metrics: dict[str, float] = {}
+        if normals_hw3 is not None and frame.normals is not None:
+            angles = normal_angles_deg(normals_hw3, frame.normals, np.all(np.isfinite(normals_hw3), axis=-1))
+            if angles.size:
+                self.acc.normals.update(angles)
+                normal_metrics = {"mean": float(angles.mean()), "median": float(np.median(angles)),
+                                  "a11.25": float(np.mean(angles < 11.25)), "a30": float(np.mean(angles < 30.0))}
+        record_ms = math.nan
+        if frame.pred_log_time_ns is not None:
+            record_ms = (frame.pred_log_time_ns - frame.stamp_ns) / 1e6
+        self.records.append(FrameRecord(
+            index=frame.index, stamp_ns=frame.stamp_ns, time_s=(frame.stamp_ns - self.t0_ns) / 1e9, status=status,
+            scale=scale, shift=shift, fit_scale=fit_scale, fit_shift=fit_shift,
+            gt_valid_fraction=n_valid / gt.size, pred_valid_fraction=pred_valid, model_ms=model_ms,
+            record_latency_ms=record_ms, metrics=metrics, normals=normal_metrics))
+        if frame.index in self.acc.montage_indices:
+            err = np.full(gt.shape, np.nan, np.float32)
+            if metric is not None:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    err = np.where(mask, np.abs(metric - gt) / gt, np.nan).astype(np.float32)
+            self.acc.samples.append({
+                "index": frame.index, "rgb": None if frame.rgb is None else _downsample(frame.rgb),
+                "gt": _downsample(np.where(mask, gt, np.nan)), "rel": _downsample(rel),
+                "pred": None if metric is None else _downsample(metric), "err": _downsample(err)})
+        t_metrics = time.perf_counter()
+        self.timing["metrics"] += t_metrics - t_start
+        if self.writer is not None:
+            self.writer.write(frame, rel, None if cfg.metric_mode == "none" else metric, normals_hw3)
+            self.timing["write_bag"] += time.perf_counter() - t_metrics
+
+
+def _timed(iterator: Iterator, timing: dict, key: str) -> Iterator:
+    while True:
+        t = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            timing[key] += time.perf_counter() - t
+            return
+        timing[key] += time.perf_counter() - t
+        yield item
+
+
+def _batches(frames: Iterator[BagFrame], size: int) -> Iterator[list[BagFrame]]:
+    """Groups of up to ``size`` same-sized frames; a full group is yielded at once (nothing waits on the bag)."""
+    batch: list[BagFrame] = []
+    for f in frames:
+        if batch and f.rgb.shape != batch[0].rgb.shape:
+            yield batch
+            batch = []
+        batch.append(f)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def evaluate_bag(
+    source: BagSource,
+    topics: TopicSelection,
+    cfg: BagEvalConfig,
+    backend=None,
+    *,
+    write_bag: str | Path | None = None,
+    write_storage: str | None = None,
+    write_prefix: str = "/d3",
+    progress: Callable[[int], Callable[[int], object]] | None = None,
+    scratch_dir: str | Path | None = None,
+) -> BagEvalResult:
+    """Evaluate ``backend`` (or the recorded ``topics.pred``) on the matched frames of ``source``.
+
+    Raises :class:`BagError` when nothing can be matched. A bag that breaks mid-way gives a result with
+    ``complete=False`` and ``error`` set (the frames evaluated so far are kept, never presented as complete).
+    ``progress(total)`` is called once with the number of matched frames and returns a callable that gets the
+    number of frames finished in each step (e.g. ``lambda n: tqdm(total=n).update``).
+    """
+    if backend is None and topics.pred is None:
+        raise ValueError("`backend` is required unless `topics.pred` names recorded predictions")
+    if cfg.metric_mode == "sparse_depth" and topics.sparse is None:
+        raise BagError("metric mode sparse_depth needs a sparse depth topic (--sparse-topic)")
+    t_all = time.perf_counter()
+    t_index = time.perf_counter()
+    idx = source.index(topics, int(round(cfg.max_dt_ms * 1e6)))
+    index_s = time.perf_counter() - t_index
+    if not idx.matches:
+        key = idx.key_topic
+        raise BagError(
+            f"no ground truth within {cfg.max_dt_ms:g} ms of any {key} message "
+            f"({idx.counts.get(key, 0)} on {key}, first stamp {idx.first_stamps.get(key)}; "
+            f"{idx.counts.get(topics.depth, 0)} on {topics.depth}, first stamp {idx.first_stamps.get(topics.depth)}); "
+            f"check --depth-topic and --max-dt-ms; available: {source.listing()}"
+        )
+    step = progress(len(idx.matches)) if progress is not None else None
+    writer = None
+    if write_bag is not None:
+        writer = PredictionBagWriter(write_bag, write_storage or source.storage, write_prefix)
+    ev = _Evaluator(cfg, idx, writer)
+    ev.timing["read_decode"] += index_s
+    complete, error = True, None
+    model_info = None if backend is None else asdict(backend.info)
+
+    def predict(batch: list[BagFrame]) -> list[tuple[np.ndarray, np.ndarray | None, float]]:
+        if backend is None:
+            out = []
+            for f in batch:
+                n = None
+                if f.pred_normals is not None:
+                    from d3_perception.geometry.normals import to_optical_frame
+
+                    n = to_optical_frame(f.pred_normals, "optical", f.K)
+                out.append((f.pred, n, math.nan))
+            return out
+        images = np.stack([f.rgb for f in batch])  # [N,H,W,3] uint8
+        t = time.perf_counter()
+        result = backend.predict(images)
+        dt = time.perf_counter() - t
+        ev.timing["model"] += dt
+        depth = result["depth"]  # [N,H,W] in [0,1], 0 = near
+        normals = result.get("normals")  # [N,3,H,W] in the checkpoint's convention
+        out = []
+        for k, f in enumerate(batch):
+            n = None
+            if normals is not None:
+                from d3_perception.geometry.normals import to_optical_frame
+
+                n = to_optical_frame(normals[k], cfg.normals_convention, f.K)  # [H,W,3]
+            out.append((np.asarray(depth[k], np.float32), n, dt * 1e3 / len(batch)))
+        return out
+
+    try:
+        with tempfile.TemporaryDirectory(dir=scratch_dir, prefix="d3_eval_") as scratch:
+            frames = _timed(source.frames(idx, keep_raw=writer is not None), ev.timing, "read_decode")
+            batches = ([f] for f in frames) if backend is None else _batches(frames, cfg.batch_size)
+            if cfg.metric_mode == "global":
+                stored = []
+                for batch in batches:
+                    for f, (rel, n, ms) in zip(batch, predict(batch), strict=True):
+                        ev.add_global(rel, f.depth_m)
+                        path = Path(scratch) / f"{f.index:08d}.npz"
+                        np.savez(path, rel=rel, normals=n if n is not None else np.zeros(0), ms=ms)
+                        stored.append(f.index)
+                    if step:
+                        step(len(batch))
+                ev._global = ev.global_fit()
+                stored_set = set(stored)
+                frames2 = _timed(source.frames(idx, keep_raw=writer is not None), ev.timing, "read_decode")
+                for f in frames2:
+                    if f.index not in stored_set:
+                        continue
+                    data = np.load(Path(scratch) / f"{f.index:08d}.npz")
+                    n = data["normals"] if data["normals"].size else None
+                    ev.finish(f, data["rel"], n, float(data["ms"]))
+            else:
+                for batch in batches:
+                    for f, (rel, n, ms) in zip(batch, predict(batch), strict=True):
+                        ev.finish(f, rel, n, ms)
+                    if step:
+                        step(len(batch))
+    except BagError as exc:
+        if not ev.records:
+            raise
+        complete, error = False, str(exc)
+    finally:
+        if writer is not None:
+            writer.close()
+    return _result(ev, source, idx, topics, cfg, complete, error, model_info, writer, time.perf_counter() - t_all)
+
+
+def _result(ev: _Evaluator, source: BagSource, idx: BagIndex, topics: TopicSelection, cfg: BagEvalConfig,
+            complete: bool, error: str | None, model_info: dict | None, writer: PredictionBagWriter | None,
+            total_s: float) -> BagEvalResult:
+    recs = ev.records
+    ok = [r for r in recs if r.status == "ok"]
+    aggregate = mean_metrics([r.metrics for r in ok], DEPTH_METRICS) if ok else dict.fromkeys(DEPTH_METRICS, math.nan)
+    normals = ev.acc.normals.result() if ev.acc.normals.count else None
+    times = [r.time_s for r in recs]
+    counts = {
+        "messages": idx.counts,
+        "matched": len(idx.matches),
+        "evaluated": len(recs),
+        "with_metrics": len(ok),
+        "no_metric": sum(r.status == "no_metric" for r in recs),
+        "no_valid_gt": sum(r.status == "no_valid_gt" for r in recs),
+        "unmatched_frames": idx.unmatched_frames,
+        "unmatched_gt": idx.unmatched_gt,
+        "missing_partner": idx.missing,
+        "duplicate_stamps": idx.duplicates,
+        "skipped_undecodable": dict(source.skipped),
+        "match_dt_ms": _percentiles([d / 1e6 for d in idx.dts_ns]),
+    }
+    if writer is not None:
+        counts["written"] = writer.counts
+        counts["points_skipped_no_camera_info"] = writer.points_skipped
+    model_s = ev.timing["model"]
+    timing = dict(ev.timing, total=total_s)
+    timing["outside_model_share"] = (1.0 - model_s / total_s) if (total_s > 0 and model_s > 0) else float("nan")
+    drift = {
+        "fit_scale": _drift(times, [r.fit_scale for r in recs]),
+        "fit_shift": _drift(times, [r.fit_shift for r in recs]),
+    }
+    if cfg.metric_mode in ("sparse_depth", "fixed", "global"):
+        drift["applied_scale"] = _drift(times, [r.scale for r in recs])
+        drift["applied_shift"] = _drift(times, [r.shift for r in recs])
+    global_fit = None
+    if cfg.metric_mode == "global" and hasattr(ev, "_global"):
+        global_fit = {"scale": ev._global[0], "shift": ev._global[1]}
+    return BagEvalResult(
+        config=cfg, topics=topics, counts=counts, frames=recs, aggregate=aggregate, normals=normals,
+        latency_ms={"model": _percentiles([r.model_ms for r in recs]),
+                    "recorded_stamp_to_bag": _percentiles([r.record_latency_ms for r in recs])},
+        drift=drift,
+        valid_fraction={"gt": float(np.mean([r.gt_valid_fraction for r in recs])) if recs else math.nan,
+                        "pred": float(np.mean([r.pred_valid_fraction for r in recs])) if recs else math.nan},
+        timing_s=timing, error_hist=ev.acc.error_hist,
+        depth_bins={"edges_m": DEPTH_BINS_M, "abs_rel_sum": ev.acc.depth_sum, "count": ev.acc.depth_count},
+        samples=ev.acc.samples, complete=complete, error=error, global_fit=global_fit, model=model_info,
+    )
