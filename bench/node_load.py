@@ -5,6 +5,7 @@ Measures latency from the image stamp to the received output (p50/p95), the mode
 Targets: latency p95 <= 1.5x model time; RSS growth < 5 % from the first sample after warm-up to the end.
 
   .venv/bin/python bench/node_load.py --minutes 1
+  .venv/bin/python bench/node_load.py --minutes 1 --outputs all     # + camera_info; cloud, normals, images out
   .venv/bin/python bench/node_load.py --minutes 10 --size 640x480 --checkpoint models/d3_tiny --json p5.json
 """
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  .venv/bin/python bench/node_load.py --minutes 1\n"
+               "  .venv/bin/python bench/node_load.py --minutes 1 --outputs all\n"
                "  .venv/bin/python bench/node_load.py --minutes 10 --json p5.json")
     parser.add_argument("--minutes", type=float, default=2.0, help="duration of the 30 Hz input (default 2)")
     parser.add_argument("--rate-hz", type=float, default=30.0)
@@ -55,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--processing-resolution", type=int, default=64)
     parser.add_argument("--warmup-s", type=float, default=10.0, help="excluded from statistics (default 10)")
+    parser.add_argument("--outputs", choices=("info", "all"), default="info",
+                        help="info: subscribe to ~/info only (lazy outputs: the node computes nothing else); "
+                             "all: also camera_info in, and subscribe to every image output and the cloud "
+                             "(the node does the full per-frame work of bench/node_overhead.py)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.rate_hz <= 0:
@@ -97,15 +103,29 @@ def main(argv: list[str] | None = None) -> int:
     node = rclpy.create_node("d3_load_client", context=context)
     pub = node.create_publisher(Image, "/load/image", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
     lock = threading.Lock()
-    rows: list[tuple[float, float, float, int]] = []  # (t_rel_s, latency_ms, inference_ms, dropped)
+    rows: list[tuple[float, float, float, int, float]] = []  # (t_s, latency_ms, inference_ms, dropped, total_ms)
 
     def on_info(msg):
         now = time.time()
         lat = (now - (msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec)) * 1e3
         with lock:
-            rows.append((now, lat, msg.inference_ms, msg.frames_dropped))
+            rows.append((now, lat, msg.inference_ms, msg.frames_dropped, msg.total_ms))
 
     node.create_subscription(PredictionInfo, "/load/d3_perception_node/info", on_info, QoSProfile(depth=50))
+    received = {"n": 0}
+    pub_info = None
+    if args.outputs == "all":
+        from sensor_msgs.msg import CameraInfo, PointCloud2
+
+        pub_info = node.create_publisher(CameraInfo, "/load/camera_info",
+                                         QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+
+        def on_output(msg):
+            received["n"] += 1
+
+        for topic, mtype in (("depth/relative", Image), ("depth/colored", Image), ("depth/camera_info", CameraInfo),
+                             ("normals", Image), ("normals/colored", Image), ("points", PointCloud2)):
+            node.create_subscription(mtype, f"/load/{topic}", on_output, QoSProfile(depth=2))
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     spin = threading.Thread(target=lambda: executor.spin(), daemon=True)
@@ -130,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
                 msg = numpy_to_msg(rgb, "rgb8")
                 msg.header.stamp.sec, msg.header.stamp.nanosec = int(now), int((now % 1) * 1e9)
                 msg.header.frame_id = "camera_optical_frame"
+                if pub_info is not None:
+                    info = CameraInfo(header=msg.header, height=h, width=w, distortion_model="plumb_bob")
+                    info.k = [0.8 * w, 0.0, (w - 1) / 2, 0.0, 0.8 * w, (h - 1) / 2, 0.0, 0.0, 1.0]
+                    pub_info.publish(info)
                 pub.publish(msg)
                 sent += 1
                 if now >= next_rss:
@@ -156,14 +180,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     lat = np.array([r[1] for r in data])
     inf = np.array([r[2] for r in data])
+    node_total = np.array([r[4] for r in data])  # stamp -> last publish, measured in the node
+    # where the latency goes: model; in the node but not the model (DDS in, waiting in the latest-frame
+    # slot while the previous frame is processed, decode, post-processing, publish); DDS back to us
+    parts = {"model": inf, "node_not_model": node_total - inf, "return_transport": lat - node_total}
     rss_after = [m for t, m in rss if t >= args.warmup_s] or [m for _, m in rss]
     result = {
         "benchmark": "node_load (P5)", "machine": "2-core CPU shared with other jobs, no GPU",
         "minutes": args.minutes, "rate_hz": args.rate_hz, "size": f"{args.size[1]}x{args.size[0]}",
+        "outputs_subscribed": args.outputs, "other_outputs_received": received["n"],
         "backend": args.backend, "processing_resolution": args.processing_resolution,
         "frames_sent": sent, "outputs": len(rows), "frames_dropped_by_node": int(rows[-1][3]) if rows else 0,
         "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p95_ms": float(np.percentile(lat, 95)),
-        "model_p50_ms": float(np.percentile(inf, 50)),
+        "model_p50_ms": float(np.percentile(inf, 50)), "model_p95_ms": float(np.percentile(inf, 95)),
+        "breakdown_ms": {k: {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95))}
+                         for k, v in parts.items()},
         "rss_mb_first": rss_after[0], "rss_mb_last": rss_after[-1],
         "rss_growth_pct": 100.0 * (rss_after[-1] - rss_after[0]) / rss_after[0],
         "rss_series": rss,
@@ -171,11 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["latency_p95_over_model_p50"] = result["latency_p95_ms"] / result["model_p50_ms"]
     print(f"{args.minutes} min at {args.rate_hz} Hz, {result['size']}, {args.backend} "
-          f"(processing {args.processing_resolution}px): sent {sent}, outputs {len(rows)}, "
+          f"(processing {args.processing_resolution}px), outputs subscribed: {args.outputs} "
+          f"({received['n']} non-info messages received): sent {sent}, outputs {len(rows)}, "
           f"dropped by the node {result['frames_dropped_by_node']}; load average {result['load_average_1min']:.1f}")
     print(f"  latency stamp->output p50 {result['latency_p50_ms']:.1f} ms, p95 {result['latency_p95_ms']:.1f} ms; "
           f"model p50 {result['model_p50_ms']:.1f} ms; p95/model = {result['latency_p95_over_model_p50']:.2f} "
           f"(target <= 1.5: {'met' if result['latency_p95_over_model_p50'] <= 1.5 else 'NOT met'})")
+    print("  breakdown p50/p95 ms: " + ", ".join(f"{k} {v['p50']:.1f}/{v['p95']:.1f}"
+                                                for k, v in result["breakdown_ms"].items()))
     print(f"  node RSS {result['rss_mb_first']:.0f} -> {result['rss_mb_last']:.0f} MB "
           f"({result['rss_growth_pct']:+.1f} %; target < 5 %: {'met' if result['rss_growth_pct'] < 5 else 'NOT met'})")
     if args.json:

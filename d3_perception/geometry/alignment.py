@@ -29,18 +29,25 @@ METRIC_MODES = ("none", "fixed", "sparse_depth", "depth_range")
 
 
 def _valid_pairs(pred, target, mask) -> tuple[np.ndarray, np.ndarray]:
-    p = np.asarray(pred, dtype=np.float64)
-    t = np.asarray(target, dtype=np.float64)
+    p = np.asarray(pred)
+    t = np.asarray(target)
     if p.shape != t.shape:
         raise ValueError(f"`pred` and `target` must have the same shape; got {p.shape} and {t.shape}")
+    # Index the (sparse) reference first and convert only those pixels to float64: no full-frame temporaries.
     with np.errstate(invalid="ignore"):
-        valid = np.isfinite(p) & np.isfinite(t) & (t > 0)
+        valid = t > 0  # NaN compares False
     if mask is not None:
         m = np.asarray(mask, dtype=bool)
         if m.shape != p.shape:
             raise ValueError(f"`mask` must have the shape of `pred` {p.shape}; got {m.shape}")
         valid &= m
-    return p[valid], t[valid]
+    idx = np.flatnonzero(valid)  # C order, as boolean indexing
+    pv = p.reshape(-1)[idx].astype(np.float64)
+    tv = t.reshape(-1)[idx].astype(np.float64)
+    finite = np.isfinite(pv) & np.isfinite(tv)
+    if not finite.all():
+        pv, tv = pv[finite], tv[finite]
+    return pv, tv
 
 
 def _lstsq(p: np.ndarray, t: np.ndarray, w: np.ndarray | None = None) -> tuple[float, float]:
@@ -106,16 +113,22 @@ def _robust_pairs(p, t, min_points=20, ransac_iterations=64, inlier_threshold_m=
     # hypotheses are scored on a subsample (enough to rank them), the winner's inliers on every point
     sub = rng.choice(p.size, size=ransac_points, replace=False) if p.size > ransac_points else slice(None)
     ps, ts = p[sub], t[sub]
-    best, best_count = None, -1
+    best = None
     i, j = rng.integers(0, p.size, size=(2, ransac_iterations))
-    for a, b in zip(i, j, strict=True):
-        dp = p[a] - p[b]
-        if abs(dp) < 1e-9:
-            continue
-        s = (t[a] - t[b]) / dp
-        count = int(np.count_nonzero(np.abs(s * ps + (t[a] - s * p[a]) - ts) < thr))
-        if count > best_count:
-            best, best_count = (s, t[a] - s * p[a]), count
+    # All hypotheses scored at once ([iterations, subsample]); same arithmetic as one at a time, and argmax
+    # keeps the first best like a strict ">" loop would.
+    dp = p[i] - p[j]
+    usable = np.abs(dp) >= 1e-9
+    if usable.any():
+        a, b = i[usable], j[usable]
+        s = (t[a] - t[b]) / dp[usable]  # [n]
+        c = t[a] - s * p[a]  # [n]
+        resid = s[:, None] * ps[None, :]  # [n, subsample]
+        resid += c[:, None]
+        resid -= ts[None, :]
+        counts = np.count_nonzero(np.abs(resid, out=resid) < thr, axis=1)
+        k = int(np.argmax(counts))
+        best = (s[k], c[k])
     best_inliers = np.abs(best[0] * p + best[1] - t) < thr if best is not None else None
     best_count = int(best_inliers.sum()) if best_inliers is not None else 0
     if best_inliers is None or best_count < max(2, min_points // 2):
@@ -233,10 +246,14 @@ class MetricAligner:
         self._scale, self._shift, self._residual, self._age_frames = scale, shift, residual, 0
 
     @staticmethod
-    def apply(relative: np.ndarray, result: AlignmentResult) -> np.ndarray:
-        """``[H,W]`` metric depth (float32 m) = scale * relative + shift; NaN where invalid or <= 0."""
+    def apply(relative: np.ndarray, result: AlignmentResult, out: np.ndarray | None = None) -> np.ndarray:
+        """``[H,W]`` metric depth (float32 m) = scale * relative + shift; NaN where invalid or <= 0.
+
+        ``out``: optional float32 ``[H,W]`` to write into (e.g. a reused message buffer).
+        """
         rel = np.asarray(relative, dtype=np.float32)
-        depth = rel * np.float32(result.scale) + np.float32(result.shift)
+        depth = np.multiply(rel, np.float32(result.scale), out=out)
+        depth += np.float32(result.shift)
         with np.errstate(invalid="ignore"):
-            depth[~(depth > 0)] = np.nan
+            np.copyto(depth, np.float32(np.nan), where=depth <= 0)  # NaN stays NaN
         return depth

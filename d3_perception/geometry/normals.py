@@ -6,12 +6,20 @@ Optical frame: x right, y down, z forward. Normals of visible surfaces point tow
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from d3_perception.geometry.intrinsics import check_intrinsics
-from d3_perception.geometry.pointcloud import _rays, backproject
+from d3_perception.geometry.pointcloud import _ray_planes, backproject, for_row_chunks, scratch
 
-__all__ = ["NORMAL_CONVENTIONS", "normals_from_depth", "orient_toward_camera", "to_optical_frame"]
+__all__ = [
+    "NORMAL_CONVENTIONS",
+    "interleave",
+    "normals_from_depth",
+    "orient_toward_camera",
+    "to_optical_frame",
+    "to_optical_frame_planes",
+]
 
 # Axis flips that take a convention to the optical frame.
 # opengl (Marigold/DSINE/D3 renderers): x right, y up, z toward the viewer -> flip y and z.
@@ -33,42 +41,88 @@ def orient_toward_camera(normals: np.ndarray, K=None) -> np.ndarray:
 
 
 def _finish(planes: list[np.ndarray], K, normalise: bool) -> np.ndarray:
-    """Planar ``nx, ny, nz`` ``[H,W]`` -> ``[H,W,3]`` unit (optionally), camera-facing normals in one pass.
+    """Planar ``nx, ny, nz`` ``[H,W]`` -> ``[H,W,3]`` unit (optionally), camera-facing normals."""
+    return interleave(_finish_planes(planes, K, normalise))
 
-    Works on planes (contiguous channel images) because per-pixel [H,W,3] arithmetic is several times
-    slower in numpy; the only interleaving copy is the final stack.
+
+def _finish_planes(planes, K, normalise: bool, signs=(1.0, 1.0, 1.0), out: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Planar ``nx, ny, nz`` ``[H,W]`` (times the axis ``signs``) -> three contiguous ``[H,W]`` planes of unit
+    (optionally), camera-facing normals (the planes of ``out`` ``[3,H,W]`` float32 when given).
+
+    Works on planes because per-pixel [H,W,3] arithmetic is several times slower in numpy, in blocks of
+    rows (:func:`~d3_perception.geometry.pointcloud.for_row_chunks`) so the ~20 passes run in cache. The signs are folded into the arithmetic instead of negated
+    copies (``(-a) * b == -(a * b)`` exactly, so the result is bit-identical to flipping first).
     """
     nx, ny, nz = planes
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if K is None:
-            dot = nz
-        else:
-            rays = _rays(nx.shape[0], nx.shape[1], check_intrinsics(K).tobytes())  # [H,W,3], z = 1
-            dot = nx * rays[:, :, 0]
-            dot += ny * rays[:, :, 1]
-            dot += nz
-        factor = np.where(dot > 0, np.float32(-1.0), np.float32(1.0))
-        if normalise:
-            norm = nx * nx
-            norm += ny * ny
-            norm += nz * nz
-            np.sqrt(norm, out=norm)
-            norm[~(norm >= 1e-6)] = np.nan  # zero or non-finite vectors -> NaN
-            factor /= norm
-        out = np.empty((*nx.shape, 3), dtype=np.float32)
-        np.multiply(nx, factor, out=out[:, :, 0])
-        np.multiply(ny, factor, out=out[:, :, 1])
-        np.multiply(nz, factor, out=out[:, :, 2])
+    hw = nx.shape
+    if out is None:
+        out = np.empty((3, *hw), dtype=np.float32)
+    elif out.shape != (3, *hw) or out.dtype != np.float32:
+        raise ValueError(f"`out` must be a float32 array of shape {(3, *hw)}; got {out.dtype} {out.shape}")
+    rays = None if K is None else _ray_planes(hw[0], hw[1], check_intrinsics(K).tobytes())  # [H,W] x, y
+    signs = tuple(float(v) for v in signs)
+
+    def rows(r0: int, r1: int) -> None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            _finish_rows(nx[r0:r1], ny[r0:r1], nz[r0:r1], None if rays is None else (rays[0][r0:r1], rays[1][r0:r1]),
+                         normalise, signs, out[:, r0:r1])
+
+    for_row_chunks(rows, hw[0])
+    return out[0], out[1], out[2]
+
+
+def _finish_rows(nx, ny, nz, rays, normalise: bool, signs, out) -> None:
+    sx, sy, sz = signs
+    hw = nx.shape
+    flip = scratch.get("normals.flip", hw, bool)
+    factor, t = scratch.get("normals.factor", hw), scratch.get("normals.t", hw)
+    if rays is None:
+        (np.greater if sz > 0 else np.less)(nz, 0, out=flip)  # dot = sz * nz > 0
+    else:
+        dot = scratch.get("normals.dot", hw)
+        np.multiply(nx, rays[0], out=dot)
+        if sx < 0:
+            np.negative(dot, out=dot)
+        np.multiply(ny, rays[1], out=t)
+        (np.add if sy > 0 else np.subtract)(dot, t, out=dot)
+        (np.add if sz > 0 else np.subtract)(dot, nz, out=dot)
+        np.greater(dot, 0, out=flip)
+    np.multiply(flip, np.float32(-2.0), out=factor)  # flip -> -1, else 1 (exact)
+    factor += np.float32(1.0)
+    if normalise:
+        norm = scratch.get("normals.norm", hw)
+        np.multiply(nx, nx, out=norm)
+        norm += np.multiply(ny, ny, out=t)
+        norm += np.multiply(nz, nz, out=t)
+        np.sqrt(norm, out=norm)
+        np.greater_equal(norm, np.float32(1e-6), out=flip)
+        if not flip.all():
+            np.logical_not(flip, out=flip)
+            np.copyto(norm, np.float32(np.nan), where=flip)  # zero or non-finite vectors -> NaN
+        factor /= norm
+    neg = np.negative(factor, out=t) if min(sx, sy, sz) < 0 else None
+    for i, (n, s_) in enumerate(zip((nx, ny, nz), (sx, sy, sz), strict=True)):
+        np.multiply(n, factor if s_ > 0 else neg, out=out[i])
+
+
+def interleave(planes, out: np.ndarray | None = None) -> np.ndarray:
+    """Three ``[H,W]`` float32 planes -> ``[H,W,3]`` (into ``out`` if given: a C-contiguous float32 array)."""
+    shape = (*planes[0].shape, 3)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"`out` must be a C-contiguous float32 array of shape {shape}; got {out.dtype} {out.shape}")
+    if out.size and out.ndim == 3 and all(p.dtype == np.float32 for p in planes):
+        res = cv2.merge([np.ascontiguousarray(p) for p in planes], dst=out)  # one SIMD pass
+        if res is out or np.shares_memory(res, out):
+            return out
+    for i, p in enumerate(planes):  # other dtypes, empty, or OpenCV did not write into `out`
+        out[..., i] = p
     return out
 
 
-def to_optical_frame(normals: np.ndarray, convention: str = "opengl", K=None) -> np.ndarray:
-    """Model normals ``[H,W,3]`` (or backend layout ``[3,H,W]``) -> ``[H,W,3]`` float32 unit normals.
-
-    Applies the axis flips of ``convention`` (see :data:`NORMAL_CONVENTIONS`), renormalises, orients
-    toward the camera (``K`` optional, see :func:`orient_toward_camera`). Zero or non-finite vectors
-    become NaN.
-    """
+def _model_planes(normals, convention: str) -> tuple[list[np.ndarray], tuple[float, float, float]]:
     if convention not in NORMAL_CONVENTIONS:
         raise ValueError(f"`convention` must be one of {sorted(NORMAL_CONVENTIONS)}; got {convention!r}")
     n = np.asarray(normals, dtype=np.float32)
@@ -78,9 +132,27 @@ def to_optical_frame(normals: np.ndarray, convention: str = "opengl", K=None) ->
         planes = [n[:, :, i] for i in range(3)]
     else:
         raise ValueError(f"`normals` must be [H,W,3] or [3,H,W]; got shape {np.shape(normals)}")
-    flips = NORMAL_CONVENTIONS[convention]
-    planes = [p if f > 0 else -p for p, f in zip(planes, flips, strict=True)]
-    return _finish(planes, K, normalise=True)
+    return planes, NORMAL_CONVENTIONS[convention]
+
+
+def to_optical_frame(normals: np.ndarray, convention: str = "opengl", K=None, out: np.ndarray | None = None
+                     ) -> np.ndarray:
+    """Model normals ``[H,W,3]`` (or backend layout ``[3,H,W]``) -> ``[H,W,3]`` float32 unit normals.
+
+    Applies the axis flips of ``convention`` (see :data:`NORMAL_CONVENTIONS`), renormalises, orients
+    toward the camera (``K`` optional, see :func:`orient_toward_camera`). Zero or non-finite vectors
+    become NaN. ``out``: optional C-contiguous float32 ``[H,W,3]`` to write into.
+    """
+    return interleave(to_optical_frame_planes(normals, convention, K), out)
+
+
+def to_optical_frame_planes(normals: np.ndarray, convention: str = "opengl", K=None, out: np.ndarray | None = None
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`to_optical_frame` as three contiguous ``[H,W]`` planes (nx, ny, nz): what the cloud and the
+    ``[H,W,3]`` image are both filled from without re-reading an interleaved array. ``out``: optional
+    float32 ``[3,H,W]`` to write into (reused across frames by the node)."""
+    planes, flips = _model_planes(normals, convention)
+    return _finish_planes(planes, K, normalise=True, signs=flips, out=out)
 
 
 def normals_from_depth(depth_m: np.ndarray, K, max_rel_jump: float = 0.1) -> np.ndarray:

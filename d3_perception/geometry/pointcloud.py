@@ -7,13 +7,26 @@ into a message with one ``tobytes()``: no per-point Python loop.
 
 from __future__ import annotations
 
+import math
+import sys
+import threading
 from functools import lru_cache
 
+import cv2
 import numpy as np
 
 from d3_perception.geometry.intrinsics import check_intrinsics
 
-__all__ = ["CLOUD_DTYPE", "backproject", "cloud_dtype", "cloud_from_depth", "make_cloud", "pack_rgb", "unpack_rgb"]
+__all__ = [
+    "CLOUD_DTYPE",
+    "backproject",
+    "cloud_dtype",
+    "cloud_from_depth",
+    "fill_cloud",
+    "make_cloud",
+    "pack_rgb",
+    "unpack_rgb",
+]
 
 
 def cloud_dtype(rgb: bool = True, normals: bool = True) -> np.dtype:
@@ -30,6 +43,40 @@ def cloud_dtype(rgb: bool = True, normals: bool = True) -> np.dtype:
 
 
 CLOUD_DTYPE = cloud_dtype(rgb=True, normals=True)
+
+
+class _Scratch(threading.local):
+    """Per-thread temporaries reused across frames, one array per name (replaced when the shape changes).
+
+    A fresh multi-MB numpy temporary costs more in page faults than the arithmetic on it (measured: ~0.5 ms
+    per 640x480 float32 plane on this VM vs 0.04 ms for the ufunc), so the per-frame paths compute in these.
+    Never returned to callers: only for values that die inside one call.
+    """
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+        a = self.arrays.get(name)
+        if a is None or a.shape != shape or a.dtype != dtype:
+            a = np.empty(shape, dtype=dtype)
+            self.arrays[name] = a
+        return a
+
+
+scratch = _Scratch()
+
+ROWS_PER_CHUNK = 128  # rows processed together: per-pass working set stays in cache, scratch stays small
+
+
+def for_row_chunks(fn, n_rows: int) -> list:
+    """``fn(r0, r1)`` for consecutive blocks of :data:`ROWS_PER_CHUNK` rows; returns the results in order.
+
+    Blocks keep each pass's working set in cache (a whole-frame pass streams every plane through memory).
+    Rows are independent, so the result is the same as one call on all rows. (A helper thread taking half
+    of the blocks was measured too: no consistent gain on the shared 2-core machine, so not used.)
+    """
+    return [fn(r, min(n_rows, r + ROWS_PER_CHUNK)) for r in range(0, n_rows, ROWS_PER_CHUNK)]
 
 
 @lru_cache(maxsize=8)
@@ -62,15 +109,32 @@ def backproject(depth_m: np.ndarray, K) -> np.ndarray:
     return rays * d[:, :, None]  # [H,W,3]
 
 
-def pack_rgb(rgb: np.ndarray) -> np.ndarray:
-    """``[...,3]`` uint8 RGB -> ``[...]`` float32 whose bits are ``0x00RRGGBB`` (PCL/rviz ``rgb`` field)."""
+def pack_rgb(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``[...,3]`` uint8 RGB -> ``[...]`` float32 whose bits are ``0x00RRGGBB`` (PCL/rviz ``rgb`` field).
+
+    ``out``: optional C-contiguous float32 array of the result's shape to write into.
+    """
     arr = np.asarray(rgb)
     if arr.dtype != np.uint8 or arr.shape[-1] != 3:
         raise ValueError(f"`rgb` must be uint8 [...,3]; got {arr.dtype} {arr.shape}")
-    # bytes B,G,R,0 read as little-endian uint32 = 0x00RRGGBB (faster than shifting uint32 copies)
-    quad = np.zeros((*arr.shape[:-1], 4), dtype=np.uint8)
-    quad[..., 0], quad[..., 1], quad[..., 2] = arr[..., 2], arr[..., 1], arr[..., 0]
-    return quad.view("<u4")[..., 0].astype(np.uint32, copy=False).view(np.float32)
+    shape = arr.shape[:-1]
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"`out` must be a C-contiguous float32 array of shape {shape}; got {out.dtype} {out.shape}")
+    # bytes B,G,R,0 read as little-endian uint32 = 0x00RRGGBB
+    quad = out.reshape(-1).view(np.uint8).reshape(*shape, 4)  # [...,4] bytes of out
+    if arr.ndim == 3 and arr.size:
+        res = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_RGB2BGRA, dst=quad)  # one SIMD pass, alpha 255
+        if res is not quad and not np.shares_memory(res, quad):
+            quad[...] = res
+        bits = out.reshape(-1).view("<u4")
+        np.bitwise_and(bits, np.uint32(0x00FFFFFF), out=bits)  # alpha byte -> 0
+    else:
+        quad[..., 0], quad[..., 1], quad[..., 2], quad[..., 3] = arr[..., 2], arr[..., 1], arr[..., 0], 0
+    if sys.byteorder != "little":  # the bytes are little-endian 0x00RRGGBB: make the value native
+        out.reshape(-1).view(np.uint32).byteswap(inplace=True)
+    return out
 
 
 def unpack_rgb(packed: np.ndarray) -> np.ndarray:
@@ -151,11 +215,55 @@ def _ray_norm2(h: int, w: int, k_bytes: bytes) -> np.ndarray:
     return n2
 
 
+@lru_cache(maxsize=4)
+def _zeros(hw: tuple[int, int]) -> np.ndarray:
+    z = np.zeros(hw, dtype=np.float32)
+    z.setflags(write=False)
+    return z
+
+
+def _merge(planes: list[np.ndarray], block: np.ndarray) -> None:
+    """``k`` ``[h,w]`` float32 planes -> the ``[h,w,k]`` C-contiguous ``block`` in one pass."""
+    planes = [np.ascontiguousarray(p, dtype=np.float32) for p in planes]
+    if block.size and len(planes) <= 512:
+        res = cv2.merge(planes, dst=block)
+        if res is block or np.shares_memory(res, block):
+            return
+    for i, p in enumerate(planes):  # fallback (empty or OpenCV reallocated): strided writes
+        block[:, :, i] = p
+
+
+@lru_cache(maxsize=8)
+def _ray_planes(h: int, w: int, k_bytes: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous ``[H,W]`` x and y planes of :func:`_rays` (whole-plane ufuncs run at full SIMD speed)."""
+    rays = _rays(h, w, k_bytes)
+    rx, ry = np.ascontiguousarray(rays[:, :, 0]), np.ascontiguousarray(rays[:, :, 1])
+    rx.setflags(write=False)
+    ry.setflags(write=False)
+    return rx, ry
+
+
+def _normal_planes(normals, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``[H,W,3]`` array or a sequence of three ``[H,W]`` planes -> three ``[H,W]`` views (None stays None)."""
+    if normals is None:
+        return None
+    if isinstance(normals, list | tuple):
+        planes = tuple(np.asarray(p) for p in normals)
+        if len(planes) != 3 or any(p.shape != shape for p in planes):
+            raise ValueError(f"`normals` planes must be three [H,W] arrays matching `depth_m` {shape}; got "
+                             f"{[np.shape(p) for p in planes]}")
+        return planes  # type: ignore[return-value]
+    arr = np.asarray(normals)
+    if arr.shape != (*shape, 3):
+        raise ValueError(f"`normals` must be [H,W,3] matching `depth_m` {shape}; got {arr.shape}")
+    return arr[:, :, 0], arr[:, :, 1], arr[:, :, 2]
+
+
 def cloud_from_depth(
     depth_m: np.ndarray,
     K,
     rgb: np.ndarray | None = None,
-    normals: np.ndarray | None = None,
+    normals=None,
     stride: int = 1,
     min_range_m: float = 0.0,
     max_range_m: float = float("inf"),
@@ -164,7 +272,24 @@ def cloud_from_depth(
     """Same result as ``make_cloud(backproject(depth_m, K), rgb, normals, ...)``, computed in one pass.
 
     Back-projects only the kept (strided) pixels straight into the cloud block (no ``[H,W,3]`` temporary);
-    the range test uses cached ray lengths. ``out`` as in :func:`make_cloud`.
+    the range test uses cached ray lengths. ``normals``: ``[H,W,3]`` or three ``[H,W]`` planes (nx, ny, nz).
+    ``out`` as in :func:`make_cloud`.
+    """
+    return fill_cloud(depth_m, K, rgb, normals, stride, min_range_m, max_range_m, out)[0]
+
+
+def fill_cloud(
+    depth_m: np.ndarray,
+    K,
+    rgb: np.ndarray | None = None,
+    normals=None,
+    stride: int = 1,
+    min_range_m: float = 0.0,
+    max_range_m: float = float("inf"),
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, bool | None]:
+    """:func:`cloud_from_depth` that also says whether the cloud is dense (no NaN ``x``), known for free
+    from the range test: True/False, or None when it cannot tell without reading ``x`` (infinite max range).
     """
     depth = np.asarray(depth_m)
     if depth.ndim != 2:
@@ -173,16 +298,18 @@ def cloud_from_depth(
         raise ValueError(f"`stride` must be an integer >= 1; got {stride}")
     if not (0.0 <= min_range_m < max_range_m):
         raise ValueError(f"`min_range_m` must be >= 0 and < `max_range_m`; got {min_range_m}, {max_range_m}")
-    for name, arr in (("rgb", rgb), ("normals", normals)):
-        if arr is not None and np.shape(arr) != (*depth.shape, 3):
-            raise ValueError(f"`{name}` must be [H,W,3] matching `depth_m` {depth.shape}; got {np.shape(arr)}")
+    if rgb is not None and np.shape(rgb) != (*depth.shape, 3):
+        raise ValueError(f"`rgb` must be [H,W,3] matching `depth_m` {depth.shape}; got {np.shape(rgb)}")
+    nplanes = _normal_planes(normals, depth.shape)
     K = check_intrinsics(K)
     s = int(stride)
     kb = K.tobytes()
-    rays = _rays(depth.shape[0], depth.shape[1], kb)[::s, ::s]  # [h,w,3]
-    n2 = _ray_norm2(depth.shape[0], depth.shape[1], kb)[::s, ::s]  # [h,w]
-    d = depth[::s, ::s].astype(np.float32, copy=False)
-    dtype = cloud_dtype(rgb is not None, normals is not None)
+    rx, ry = _ray_planes(depth.shape[0], depth.shape[1], kb)  # [H,W] each
+    n2 = _ray_norm2(depth.shape[0], depth.shape[1], kb)  # [H,W]
+    d = depth.astype(np.float32, copy=False)
+    if s > 1:
+        rx, ry, n2, d = rx[::s, ::s], ry[::s, ::s], n2[::s, ::s], d[::s, ::s]  # [h,w]
+    dtype = cloud_dtype(rgb is not None, nplanes is not None)
     shape = (*d.shape, dtype.itemsize // 4)
     if out is None:
         block = np.empty(shape, dtype=np.float32)
@@ -191,18 +318,49 @@ def cloud_from_depth(
                          f"got {out.dtype} {out.shape}")
     else:
         block = out
-    with np.errstate(invalid="ignore"):
-        r2 = d * d
-        r2 *= n2  # squared range
-        keep = (d > 0) & (r2 >= np.float32(min_range_m) ** 2) & (r2 <= np.float32(max_range_m) ** 2)
-    dk = np.where(keep, d, np.float32(np.nan))  # NaN, <= 0 and out-of-range -> NaN point
-    np.multiply(rays[:, :, 0], dk, out=block[:, :, 0])
-    np.multiply(rays[:, :, 1], dk, out=block[:, :, 1])
-    block[:, :, 2] = dk
-    block[:, :, 3] = pack_rgb(np.asarray(rgb)[::s, ::s]) if rgb is not None else 0.0
-    if normals is not None:
-        block[:, :, 4:7] = np.asarray(normals)[::s, ::s]
-        block[:, :, 7] = 0.0
-        if not keep.all():
-            block[~keep, 4:7] = np.nan
-    return block.view(dtype).reshape(d.shape)
+    rgb_s = None if rgb is None else np.asarray(rgb)[::s, ::s]  # [h,w,3]
+    n_s = None if nplanes is None else [p[::s, ::s] if s > 1 else p for p in nplanes]  # [h,w] each
+    min2, max2 = np.float32(min_range_m) ** 2, np.float32(max_range_m) ** 2
+
+    def rows(r0: int, r1: int) -> bool:
+        # Planar math on contiguous [rows,w] planes (per-thread scratch reused across frames), then one
+        # cv2.merge pass writes the interleaved block rows: the block (10 MB at 640x480) is streamed once
+        # instead of once per field (measured 1.4 vs 2.2 ms cold). Returns whether every point was kept.
+        hw = (r1 - r0, d.shape[1])
+        dr = d[r0:r1]
+        r2, keep, drop = scratch.get("cloud.r2", hw), scratch.get("cloud.keep", hw, bool), scratch.get(
+            "cloud.drop", hw, bool)
+        with np.errstate(invalid="ignore"):
+            np.multiply(dr, dr, out=r2)
+            r2 *= n2[r0:r1]  # squared range
+            np.greater(dr, 0, out=keep)
+            keep &= np.greater_equal(r2, min2, out=drop)
+            keep &= np.less_equal(r2, max2, out=drop)
+        kept = bool(keep.all())
+        dk = dr
+        if not kept:  # NaN, <= 0 and out-of-range -> NaN point
+            np.logical_not(keep, out=drop)
+            dk = scratch.get("cloud.dk", hw)
+            np.copyto(dk, dr)
+            np.copyto(dk, np.float32(np.nan), where=drop)
+        fields = [np.multiply(rx[r0:r1], dk, out=scratch.get("cloud.x", hw)),
+                  np.multiply(ry[r0:r1], dk, out=scratch.get("cloud.y", hw)), dk]
+        if rgb_s is not None:
+            fields.append(pack_rgb(rgb_s[r0:r1], out=scratch.get("cloud.rgb", hw)))
+        elif n_s is not None:
+            fields.append(_zeros(hw))  # padding: never ship uninitialised memory
+        for i, plane in enumerate(n_s or ()):
+            src = plane[r0:r1]
+            if not kept:  # normals of dropped points are NaN too
+                masked = scratch.get(f"cloud.n{i}", hw)
+                np.copyto(masked, src)
+                np.copyto(masked, np.float32(np.nan), where=drop)
+                src = masked
+            fields.append(src)
+        fields += [_zeros(hw)] * (block.shape[2] - len(fields))  # padding
+        _merge(fields, block[r0:r1])
+        return kept
+
+    all_kept = all(for_row_chunks(rows, d.shape[0]))
+    dense = (True if math.isfinite(max_range_m) else None) if all_kept else False
+    return block.view(dtype).reshape(d.shape), dense

@@ -30,6 +30,7 @@ __all__ = [
     "info_to_image_k",
     "msg_to_cloud",
     "msg_to_numpy",
+    "new_message",
     "numpy_to_msg",
     "scaled_camera_info",
 ]
@@ -65,8 +66,31 @@ class BufferPool:
 
     def float32_block(self, key: str, shape: tuple[int, ...]) -> tuple[array.array, np.ndarray]:
         """A buffer and a writable float32 view of it with ``shape`` (for :func:`make_cloud` ``out=``)."""
-        buf = self.get(key, int(np.prod(shape)) * 4)
-        return buf, np.frombuffer(buf, dtype=np.float32).reshape(shape)
+        return self.view(key, shape, np.float32)
+
+    def view(self, key: str, shape: tuple[int, ...], dtype) -> tuple[array.array, np.ndarray]:
+        """The buffer ``key`` sized for ``shape`` x ``dtype`` and a writable numpy view of it.
+
+        Compute an output straight into the view, then hand it to :func:`numpy_to_msg` with the same
+        ``pool`` and ``key``: the message then carries the buffer without any copy.
+        """
+        dt = np.dtype(dtype)
+        buf = self.get(key, int(np.prod(shape)) * dt.itemsize)
+        return buf, np.frombuffer(buf, dtype=dt).reshape(shape)
+
+
+def new_message(cls):
+    """``cls()`` whose ``uint8[]`` setters keep an ``array.array('B')`` as is.
+
+    The generated setters copy it (``array.array('B', value)``, ~1 ms per 10 MB cloud) unless the message
+    checks its fields (rosidl_generator_py ``check_fields``, off unless ``ROS_PYTHON_CHECK_FIELDS=1``);
+    with an older rosidl that has no such argument this is plain ``cls()``. Every other field then gets
+    the generated type checks: set plain ``int``/``float``/``str`` values.
+    """
+    try:
+        return cls(check_fields=True)
+    except TypeError:
+        return cls()
 
 
 def msg_to_numpy(msg: Image, max_pixels: int | None = None) -> np.ndarray:
@@ -92,13 +116,16 @@ def numpy_to_msg(array: np.ndarray, encoding: str, header=None, pool: BufferPool
             encode_image(arr, encoding)  # raises with the reason
         h, w = arr.shape[:2]
         step, buf = w * info.channels * info.dtype.itemsize, arr
-    msg = Image()
+    msg = new_message(Image)
     if header is not None:
         msg.header = header
-    msg.height, msg.width, msg.step, msg.encoding, msg.is_bigendian = h, w, step, encoding, 0
+    msg.height, msg.width, msg.step, msg.encoding, msg.is_bigendian = int(h), int(w), int(step), encoding, 0
     if pool is not None and not isinstance(buf, bytes):
         data = pool.get(key or encoding, buf.nbytes)
-        np.frombuffer(data, dtype=np.uint8)[:] = np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
+        dst = np.frombuffer(data, dtype=np.uint8)
+        src = np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
+        if not (src.ctypes.data == dst.ctypes.data):  # computed in the pool's buffer already: no copy
+            dst[:] = src
         msg.data = data
     else:
         msg.data = _byte_array(buf)
@@ -166,11 +193,14 @@ def compressed_to_rgb(msg: CompressedImage, max_pixels: int | None = None) -> np
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def cloud_to_msg(cloud: np.ndarray, header=None, buffer: array.array | None = None) -> PointCloud2:
+def cloud_to_msg(cloud: np.ndarray, header=None, buffer: array.array | None = None,
+                 is_dense: bool | None = None) -> PointCloud2:
     """``(h, w)`` structured array -> organized PointCloud2 (fields/offsets from the dtype).
 
-    ``is_dense`` is True only when no ``x`` is NaN. If ``cloud`` was built in ``buffer`` (see
-    :meth:`BufferPool.float32_block`), the buffer becomes the payload without a copy; otherwise one copy.
+    ``is_dense`` is True only when no ``x`` is NaN; pass it when already known (e.g. from
+    :func:`~d3_perception.geometry.pointcloud.fill_cloud`) to skip reading ``x``. If ``cloud`` was built in
+    ``buffer`` (see :meth:`BufferPool.float32_block`), the buffer becomes the payload without a copy;
+    otherwise one copy.
     """
     if cloud.dtype.fields is None or cloud.ndim != 2:
         raise ValueError(f"`cloud` must be an (h, w) structured array; got {cloud.dtype} {cloud.shape}")
@@ -180,15 +210,17 @@ def cloud_to_msg(cloud: np.ndarray, header=None, buffer: array.array | None = No
         if base not in _NP_TO_FIELD:
             raise ValueError(f"`cloud` field {name!r} has unsupported dtype {dt}")
         fields.append(PointField(name=name, offset=offset, datatype=_NP_TO_FIELD[base], count=1))
-    msg = PointCloud2()
+    msg = new_message(PointCloud2)
     if header is not None:
         msg.header = header
-    msg.height, msg.width = cloud.shape
+    msg.height, msg.width = int(cloud.shape[0]), int(cloud.shape[1])
     msg.fields = fields
     msg.is_bigendian = False
-    msg.point_step = cloud.dtype.itemsize
+    msg.point_step = int(cloud.dtype.itemsize)
     msg.row_step = msg.point_step * msg.width
-    msg.is_dense = bool("x" in cloud.dtype.names and not np.isnan(cloud["x"]).any())
+    if is_dense is None:
+        is_dense = "x" in cloud.dtype.names and not np.isnan(cloud["x"]).any()
+    msg.is_dense = bool(is_dense)
     if buffer is not None and len(buffer) == cloud.nbytes and np.shares_memory(
             np.frombuffer(buffer, dtype=np.uint8), cloud.view(np.uint8) if cloud.flags.c_contiguous else cloud):
         msg.data = buffer

@@ -13,6 +13,7 @@ runs the model and publishes. Every bad input is counted per kind in /diagnostic
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib
 import json
 import math
@@ -36,8 +37,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from d3_perception.geometry.alignment import AlignmentResult, MetricAligner
 from d3_perception.geometry.intrinsics import intrinsics_from_fov, scale_intrinsics
-from d3_perception.geometry.normals import normals_from_depth, to_optical_frame
-from d3_perception.geometry.pointcloud import cloud_dtype, cloud_from_depth
+from d3_perception.geometry.normals import interleave, normals_from_depth, to_optical_frame_planes
+from d3_perception.geometry.pointcloud import cloud_dtype, fill_cloud, scratch
 from d3_perception.geometry.units import mm_to_m
 from d3_perception.image_codec import to_rgb8
 from d3_perception.ros import conversions as conv
@@ -48,6 +49,7 @@ from d3_perception.ros.params import PARAMETERS, SPECS, NodeConfig, config_from_
 __all__ = ["D3PerceptionNode", "main"]
 
 AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
+SPARSE_BUFFER_LEN = 16  # sparse_depth messages kept for stamp matching (~0.5 s at 30 Hz)
 MIN_SIDE_PX = 8  # the model's minimum input side (d3_perception.model.processing.MIN_SIDE_PX)
 FALLBACK_HFOV_DEG = 60.0  # normals_source=depth without camera_info: assumed field of view
 _COLORMAPS = {"turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO, "viridis": cv2.COLORMAP_VIRIDIS,
@@ -153,7 +155,9 @@ class D3PerceptionNode(LifecycleNode):
         self._worker: threading.Thread | None = None
         self._info: _Info | None = None
         self._info_size_reported = None
-        self._sparse: Image | None = None
+        # Recent sparse_depth messages: the worker pairs a frame with the one nearest its stamp, so a
+        # reference that arrives while the model runs on an older frame still matches that frame.
+        self._sparse_recent: collections.deque[Image] = collections.deque(maxlen=SPARSE_BUFFER_LEN)
         self._sparse_cache: tuple[Image, tuple[int, int], np.ndarray] | None = None
         self._last_stamp_s: float | None = None
         self._backend = None
@@ -327,7 +331,8 @@ class D3PerceptionNode(LifecycleNode):
             backend, self._backend = self._backend, None
         if backend is not None:
             backend.close()
-        self._info = self._sparse = self._sparse_cache = None
+        self._info = self._sparse_cache = None
+        self._sparse_recent.clear()
         with self._aligner_lock:
             self._aligner.reset()
 
@@ -405,7 +410,7 @@ class D3PerceptionNode(LifecycleNode):
         if int(msg.height) * int(msg.width) > self._cfg.max_input_pixels:
             self._bad("sparse_depth_decode", f"sparse_depth {msg.width}x{msg.height} exceeds max_input_pixels")
             return
-        self._sparse = msg
+        self._sparse_recent.append(msg)
 
     # ------------------------------------------------------------------ worker
     def _run_worker(self) -> None:
@@ -463,13 +468,14 @@ class D3PerceptionNode(LifecycleNode):
         return scale_intrinsics(K, in_hw, out_hw) if out_hw != in_hw else K
 
     def _sparse_reference(self, stamp_s: float, out_hw, cfg: NodeConfig) -> np.ndarray | None:
-        msg = self._sparse
-        if msg is None:
+        recent = list(self._sparse_recent)  # snapshot: the subscription thread appends concurrently
+        if not recent:
             self._bad("sparse_depth_unsynced", "metric.mode is sparse_depth but no sparse_depth received yet")
             return None
+        msg = min(recent, key=lambda m: abs(_stamp_s(m.header.stamp) - stamp_s))
         dt = abs(_stamp_s(msg.header.stamp) - stamp_s)
         if dt > cfg.metric_sync_tolerance_s:
-            self._bad("sparse_depth_unsynced", f"latest sparse_depth is {dt:.3f} s from the image "
+            self._bad("sparse_depth_unsynced", f"nearest sparse_depth is {dt:.3f} s from the image "
                       f"(metric.sync_tolerance_s {cfg.metric_sync_tolerance_s})")
             return None
         cached = self._sparse_cache
@@ -588,20 +594,24 @@ class D3PerceptionNode(LifecycleNode):
                 if frame.reset_alignment:
                     self._aligner.reset()
                 align = self._aligner.update(relative, sparse)
-        depth_m = MetricAligner.apply(relative, align) if (align.is_metric and relative is not None) else None
+        pool = self._buffers  # worker thread only: outputs are computed straight into message buffers
+        depth_m = None
+        if align.is_metric and relative is not None:
+            depth_m = MetricAligner.apply(relative, align, out=pool.view("depth", relative.shape, np.float32)[1])
 
         K = self._intrinsics(in_hw, out_hw, cfg)
         if K is None and ((want["points"] and relative is not None) or want["camera_info"]):
             self._bad("camera_info_missing", "no valid, recent camera_info: points and depth/camera_info skipped")
 
-        normals = None
+        normals = None  # three [H,W] planes nx, ny, nz (optical frame, unit, facing the camera)
         if need_normals:
             if model_normals and "normals" in out:
-                normals = to_optical_frame(np.asarray(out["normals"][0]), self._normals_convention, K)
+                normals = to_optical_frame_planes(np.asarray(out["normals"][0]), self._normals_convention, K,
+                                                  out=pool.view("normals.planes", (3, *out_hw), np.float32)[1])
             elif relative is not None:
                 geo_depth = depth_m if depth_m is not None else self._range_depth(relative, cfg)
-                normals = normals_from_depth(geo_depth, K if K is not None
-                                             else intrinsics_from_fov(out_hw, FALLBACK_HFOV_DEG))
+                n = normals_from_depth(geo_depth, K if K is not None else intrinsics_from_fov(out_hw, FALLBACK_HFOV_DEG))
+                normals = (n[:, :, 0], n[:, :, 1], n[:, :, 2])
 
         self._publish(frame, cfg, want, rgb, relative, depth_m, normals, K, align, backend, out_hw,
                       inference_ms, t0)
@@ -614,23 +624,24 @@ class D3PerceptionNode(LifecycleNode):
                  out_hw, inference_ms, t0) -> None:
         header = frame.msg.header
         pubs = self._pubs
-        pool = self._buffers  # worker thread only
+        pool = self._buffers  # worker thread only; rclpy serializes inside publish(), so buffers are reusable
         if relative is None:  # normals-only checkpoint: no depth outputs, no cloud
             want = {**want, "relative": False, "colored": False, "points": False}
         if want["relative"]:
             pubs["relative"].publish(conv.numpy_to_msg(relative, "32FC1", header, pool, "relative"))
         if want["depth"] and depth_m is not None:
-            pubs["depth"].publish(conv.numpy_to_msg(depth_m, "32FC1", header, pool, "depth"))
+            pubs["depth"].publish(conv.numpy_to_msg(depth_m, "32FC1", header, pool, "depth"))  # no copy
         if want["camera_info"] and K is not None:
             pubs["camera_info"].publish(conv.scaled_camera_info(self._info.msg if self._info else None,
                                                                 K, out_hw, header))
         if want["colored"]:
-            pubs["colored"].publish(conv.numpy_to_msg(self._colorize(relative, cfg.colormap), "bgr8", header,
-                                                      pool, "colored"))
+            vis = self._colorize(relative, cfg.colormap, out=pool.view("colored", (*relative.shape, 3), np.uint8)[1])
+            pubs["colored"].publish(conv.numpy_to_msg(vis, "bgr8", header, pool, "colored"))
         if normals is not None and want["normals"]:
-            pubs["normals"].publish(conv.numpy_to_msg(normals, "32FC3", header, pool, "normals"))
+            image = interleave(normals, out=pool.view("normals", (*normals[0].shape, 3), np.float32)[1])
+            pubs["normals"].publish(conv.numpy_to_msg(image, "32FC3", header, pool, "normals"))
         if normals is not None and want["normals_colored"]:
-            vis = np.nan_to_num((normals + 1.0) * 127.5, nan=0.0).clip(0, 255).astype(np.uint8)
+            vis = self._normals_vis(normals, pool.view("normals_colored", (*normals[0].shape, 3), np.uint8)[1])
             pubs["normals_colored"].publish(conv.numpy_to_msg(vis, "rgb8", header, pool, "normals_colored"))
         if want["points"] and K is not None:
             geo_depth = depth_m if depth_m is not None else self._range_depth(relative, cfg)
@@ -639,11 +650,11 @@ class D3PerceptionNode(LifecycleNode):
             s = cfg.cloud_stride
             shape = (-(-out_hw[0] // s), -(-out_hw[1] // s), dtype.itemsize // 4)
             buf, block = pool.float32_block("points", shape)
-            cloud = cloud_from_depth(geo_depth, K, rgb if cfg.cloud_rgb else None,
-                                     normals if with_normals else None, stride=s,
-                                     min_range_m=cfg.cloud_min_range_m, max_range_m=cfg.cloud_max_range_m,
-                                     out=block)
-            pubs["points"].publish(conv.cloud_to_msg(cloud, header, buf))
+            cloud, dense = fill_cloud(geo_depth, K, rgb if cfg.cloud_rgb else None,
+                                      normals if with_normals else None, stride=s,
+                                      min_range_m=cfg.cloud_min_range_m, max_range_m=cfg.cloud_max_range_m,
+                                      out=block)
+            pubs["points"].publish(conv.cloud_to_msg(cloud, header, buf, is_dense=dense))
         now_s = _stamp_s(self.get_clock().now().to_msg())
         stamp_s = _stamp_s(header.stamp)
         latency_ms = (now_s - stamp_s) * 1e3 if stamp_s > 0 else (time.perf_counter() - t0) * 1e3
@@ -664,14 +675,41 @@ class D3PerceptionNode(LifecycleNode):
             pubs["info"].publish(info)
 
     @staticmethod
-    def _colorize(relative: np.ndarray, colormap: str) -> np.ndarray:
-        """``[H,W]`` relative depth -> ``[H,W,3]`` uint8 BGR; near = warm (turbo red), NaN = black."""
-        near = np.nan_to_num(1.0 - relative, nan=0.0).clip(0.0, 1.0)
-        u8 = (near * 255.0).astype(np.uint8)
-        vis = cv2.cvtColor(u8, cv2.COLOR_GRAY2BGR) if colormap == "gray" else cv2.applyColorMap(
-            u8, _COLORMAPS[colormap])
-        vis[~np.isfinite(relative)] = 0
+    def _colorize(relative: np.ndarray, colormap: str, out: np.ndarray | None = None) -> np.ndarray:
+        """``[H,W]`` relative depth -> ``[H,W,3]`` uint8 BGR; near = warm (turbo red), NaN = black.
+
+        ``out``: optional C-contiguous ``[H,W,3]`` uint8 to write into.
+        """
+        rel = np.asarray(relative, dtype=np.float32)
+        near = np.subtract(np.float32(1.0), rel, out=scratch.get("colorize.near", rel.shape))
+        np.clip(near, 0.0, 1.0, out=near)  # NaN stays NaN: those pixels are blacked below
+        near *= np.float32(255.0)
+        u8 = scratch.get("colorize.u8", rel.shape, np.uint8)
+        with np.errstate(invalid="ignore"):
+            np.copyto(u8, near, casting="unsafe")  # truncation, as astype
+        if colormap == "gray":
+            vis = cv2.cvtColor(u8, cv2.COLOR_GRAY2BGR, dst=out)
+        else:
+            vis = cv2.applyColorMap(u8, _COLORMAPS[colormap], dst=out)
+        finite = np.isfinite(rel)
+        if not finite.all():
+            vis[~finite] = 0
         return vis
+
+    @staticmethod
+    def _normals_vis(normals, out: np.ndarray | None = None) -> np.ndarray:
+        """Three ``[H,W]`` normal planes -> ``[H,W,3]`` uint8 ``(n+1)/2*255`` (NaN = 0) for viewing."""
+        planes = []
+        t = scratch.get("normals_vis.t", normals[0].shape)
+        for i, n in enumerate(normals):
+            np.add(n, np.float32(1.0), out=t)
+            t *= np.float32(127.5)
+            np.nan_to_num(t, copy=False, nan=0.0)
+            np.clip(t, 0, 255, out=t)
+            u8 = scratch.get(f"normals_vis.u8{i}", t.shape, np.uint8)
+            np.copyto(u8, t, casting="unsafe")
+            planes.append(u8)
+        return cv2.merge(planes, dst=out)
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
