@@ -245,3 +245,36 @@ def test_real_tiny_checkpoint_on_torch_in_a_namespace(ros_env, rclpy_context, tm
     finally:
         client.close()
         assert stop_node(proc) == 0
+
+
+def test_sparse_reference_arriving_during_inference_still_matches_its_frame(ros_env, rclpy_context, tmp_path,
+                                                                             ckpt):
+    """A slow model: the sparse depth of the *next* frame arrives before the current frame is fitted. The
+    node must pair each frame with the reference nearest its own stamp, not with the newest one."""
+    h, w = 60, 80
+    rel = np.tile(np.linspace(0.1, 0.9, w, dtype=np.float32), (h, 1))
+    rgb = make_rgb(h, w, rel)
+    true_scale, true_shift = 4.0, 0.5
+    metric = rel * true_scale + true_shift
+    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:gt", "checkpoint": str(ckpt),
+                                          "metric.mode": "sparse_depth", "metric.smoothing": 0.0,
+                                          "lazy_outputs": False, "qos_reliability": "reliable"},
+                      extra_env={"D3_FAKE_DELAY_S": "0.6"})
+    client = Client(rclpy_context, outputs=["d3_perception_node/info"], reliable_input=True)
+    try:
+        assert client.wait_for_subscribers(30.0) and client.wait_for_subscribers(10.0, client.pub_sparse)
+        for stamp in (50.0, 51.0):  # 1 s apart: far outside the sync tolerance of each other
+            client.pub_sparse.publish(client.image_msg(metric * (stamp - 49.0), "32FC1", stamp))
+            time.sleep(0.05)
+            client.pub_info.publish(client.camera_info(h, w, stamp))
+            client.pub_image.publish(client.image_msg(rgb, "rgb8", stamp))
+            time.sleep(0.15)  # the model (0.6 s) is still busy with frame 50 when the reference of 51 arrives
+        first = client.wait_stamp("d3_perception_node/info", 50.0, 15.0)
+        second = client.wait_stamp("d3_perception_node/info", 51.0, 15.0)
+        assert first is not None and second is not None, node_log(proc)
+        assert first.alignment_points > 100, "frame 50 was not fitted to its own sparse_depth"
+        assert first.scale == pytest.approx(true_scale, rel=0.02)
+        assert second.alignment_points > 100 and second.scale == pytest.approx(2 * true_scale, rel=0.02)
+    finally:
+        client.close()
+        assert stop_node(proc) == 0
