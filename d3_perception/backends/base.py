@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from d3_perception.model.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class Backend(abc.ABC):
     """
 
     info: BackendInfo
+    config: ModelConfig  # the checkpoint's config (normals_convention, input_range, processing_resolution, ...)
 
     @abc.abstractmethod
     def predict(self, images: np.ndarray, tasks: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:

@@ -1,0 +1,78 @@
+"""Inference backends behind one interface (DESIGN §4) and the factory that picks one.
+
+```python
+from d3_perception.backends import create_backend
+backend = create_backend("auto", "models/d3_tiny")        # TensorRT -> ONNX Runtime -> torch
+out = backend.predict(rgb_uint8)                           # {"depth": [N,H,W], "normals": [N,3,H,W]}
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from d3_perception.backends.base import Backend, BackendInfo
+
+__all__ = ["BACKENDS", "Backend", "BackendInfo", "BackendUnavailable", "create_backend"]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot run on this machine (library or device missing); ``auto`` then tries the next one."""
+
+
+def create_backend(name: str, checkpoint: str | os.PathLike, *, device: str | None = None,
+                   precision: str = "fp32", processing_resolution: int | None = None,
+                   cache_dir: str | os.PathLike | None = None, onnx_path: str | os.PathLike | None = None,
+                   tasks: tuple[str, ...] | None = None, **kwargs) -> Backend:
+    """Build a backend for a checkpoint directory.
+
+    name: "torch", "onnxruntime", "tensorrt" or "auto" (TensorRT -> ONNX Runtime -> torch; each skip is
+        logged with its reason).
+    device: torch device ("cpu", "cuda", "cuda:1"); for ONNX Runtime "cpu" or "cuda" selects providers.
+    precision: "fp32", "bf16" (torch) or "fp16" (torch on CUDA, TensorRT).
+    processing_resolution: long side in pixels (multiple of 64); None = the checkpoint's value.
+    cache_dir: where exported ONNX files and TensorRT engines live; None = ``<checkpoint>/.cache``.
+    onnx_path: an existing ONNX file to use instead of exporting one (ONNX Runtime, TensorRT).
+    tasks: subset of the checkpoint's tasks to run; None = all.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"`name` must be one of {BACKENDS}; got {name!r}")
+    common = dict(device=device, precision=precision, processing_resolution=processing_resolution, tasks=tasks)
+    if name == "torch":
+        from d3_perception.backends.torch_backend import TorchBackend
+
+        return TorchBackend(checkpoint, **common, **kwargs)
+    if name == "onnxruntime":
+        from d3_perception.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(checkpoint, cache_dir=cache_dir, onnx_path=onnx_path, **common, **kwargs)
+    if name == "tensorrt":
+        from d3_perception.backends.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(checkpoint, cache_dir=cache_dir, onnx_path=onnx_path, **common, **kwargs)
+    reasons: list[str] = []
+    for candidate in AUTO_ORDER:
+        try:
+            backend = create_backend(candidate, checkpoint, cache_dir=cache_dir, onnx_path=onnx_path,
+                                     **common, **kwargs)
+        except (BackendUnavailable, ImportError) as err:
+            reasons.append(f"{candidate}: {err}")
+            logger.info("auto backend: skipping %s: %s", candidate, err)
+            continue
+        except ValueError as err:
+            # A setting this backend cannot honour (e.g. bf16 on ONNX Runtime): try the next one.
+            if candidate == AUTO_ORDER[-1]:
+                raise
+            reasons.append(f"{candidate}: {err}")
+            logger.info("auto backend: skipping %s: %s", candidate, err)
+            continue
+        if reasons:
+            logger.warning("auto backend: using %s (skipped %s)", candidate, "; ".join(reasons))
+        return backend
+    raise BackendUnavailable("no backend could start: " + "; ".join(reasons))

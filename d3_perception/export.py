@@ -1,0 +1,183 @@
+"""``d3-export``: checkpoint -> ONNX (parity-checked against torch) -> optional TensorRT engine.
+
+Library functions: :func:`export_onnx` (re-exported from :mod:`d3_perception.backends.onnx_io`),
+:func:`parity_report`, :func:`build_tensorrt_engine`; the CLI is :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from d3_perception.backends.onnx_io import DEFAULT_OPSET, EXPORTERS, export_onnx
+
+__all__ = ["build_tensorrt_engine", "export_onnx", "main", "parity_report"]
+
+logger = logging.getLogger(__name__)
+
+EPILOG = """examples:
+  # ONNX with dynamic batch and H x W (any aspect ratio), parity report written beside it
+  d3-export models/d3_tiny --output d3_tiny.onnx
+  # fixed 576x768 input, depth only, opset 18
+  d3-export models/d3_tiny --output depth_576x768.onnx --height 576 --width 768 --tasks depth
+  # on a GPU machine (e.g. Jetson): also build a validated FP16 TensorRT engine into a cache directory
+  d3-export models/d3_sd21 --output d3.onnx --tensorrt --precision fp16 --resolution 512 --engine-cache engines/
+"""
+
+
+def parity_report(checkpoint, onnx_path, *, sizes: Sequence[tuple[int, int]] | None = None, batch: int = 2,
+                  tolerance: float = 1e-3, seed: int = 0, predictor=None) -> dict[str, Any]:
+    """Max abs error of ONNX Runtime (CPU, fp32) vs torch (fp32) per task on random inputs.
+
+    sizes: network input (H, W) list, multiples of 64; None = the file's fixed size, or for dynamic files
+    the processing resolution square and a 3:4 landscape. Returns a JSON-ready dict with ``passed``.
+    """
+    import torch
+
+    from d3_perception.backends.onnx_io import read_onnx_metadata
+    from d3_perception.backends.onnxruntime_backend import make_session
+    from d3_perception.model import load_pretrained
+
+    meta = read_onnx_metadata(onnx_path)
+    tasks = tuple(meta.get("d3_tasks", "").split(",")) if meta.get("d3_tasks") else None
+    if predictor is None:
+        predictor = load_pretrained(checkpoint, tasks=tasks)
+    if sizes is None:
+        if meta.get("d3_hw", "dynHW") != "dynHW":
+            sizes = [tuple(int(v) for v in meta["d3_hw"].split("x"))]
+        else:
+            r = predictor.config.processing_resolution
+            sizes = [(r, r), (-(-(r * 3 // 4) // 64) * 64, r)]
+    session = make_session(onnx_path)
+    names = [o.name for o in session.get_outputs()]
+    rng = np.random.default_rng(seed)
+    lo, hi = predictor.config.input_range
+    results = []
+    worst: dict[str, float] = {}
+    for h, w in sizes:
+        x = (rng.random((batch, 3, h, w), dtype=np.float32) * (hi - lo) + lo).astype(np.float32)
+        with torch.inference_mode():
+            ref = {k: v.float().numpy() for k, v in predictor(torch.from_numpy(x), tasks).items()}
+        got = dict(zip(names, session.run(names, {"image": x}), strict=True))
+        errs = {t: float(np.max(np.abs(got[t] - ref[t]))) for t in ref}
+        for t, e in errs.items():
+            worst[t] = max(worst.get(t, 0.0), e)
+        results.append({"input_shape": [batch, 3, h, w], "max_abs_error": errs})
+    return {"onnx": str(onnx_path), "checkpoint": str(checkpoint), "reference": "torch fp32 cpu",
+            "candidate": "onnxruntime fp32 CPUExecutionProvider", "max_abs_error": worst,
+            "tolerance": tolerance, "passed": all(e <= tolerance for e in worst.values()), "cases": results}
+
+
+def build_tensorrt_engine(checkpoint, onnx_path, *, precision: str = "fp16", resolution: int | None = None,
+                          max_batch: int = 1, cache_dir=None, fp16_tolerance: float = 0.05, **inject) -> dict[str, Any]:
+    """Build (or find in the cache) a validated TensorRT engine; returns what happened as a dict."""
+    from d3_perception.backends.tensorrt_backend import TensorRTBackend
+
+    backend = TensorRTBackend(checkpoint, onnx_path=onnx_path, precision=precision,
+                              processing_resolution=resolution, max_batch=max_batch, cache_dir=cache_dir,
+                              fp16_tolerance=fp16_tolerance, **inject)
+    engine_path, key_path = backend.cache.paths(backend.key)
+    meta = json.loads(key_path.read_text())
+    return {"engine": str(engine_path), "key_file": str(key_path), "status": backend.cache_status,
+            "key": backend.key.to_dict(), "validation": meta.get("validation")}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="d3-export", description=__doc__.splitlines()[0],
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="checkpoint directory (config.json + model.safetensors)")
+    p.add_argument("--output", "-o", type=Path, default=None,
+                   help="ONNX file to write (default: <checkpoint>/<model_id>.onnx)")
+    p.add_argument("--tasks", nargs="+", default=None, help="subset of the checkpoint's tasks (default: all)")
+    p.add_argument("--height", type=int, default=None, help="fixed network input height (multiple of 64)")
+    p.add_argument("--width", type=int, default=None, help="fixed network input width (multiple of 64)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= 17 (default {DEFAULT_OPSET})")
+    p.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
+                   help="torch.onnx exporter: dynamo (default; one .data file for >2 GB models) or legacy "
+                        "(TorchScript tracing: much faster on small models, deprecated by PyTorch)")
+    p.add_argument("--no-parity", action="store_true", help="skip the torch vs ONNX Runtime parity check")
+    p.add_argument("--parity-tolerance", type=float, default=1e-3, help="max abs error allowed (default 1e-3)")
+    p.add_argument("--parity-json", type=Path, default=None,
+                   help="where to save the parity report (default: <output>.parity.json)")
+    p.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (needs an NVIDIA GPU)")
+    p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16", help="TensorRT precision")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="TensorRT profile: long side in px (default: the checkpoint's processing_resolution)")
+    p.add_argument("--max-batch", type=int, default=1, help="TensorRT profile: largest batch (default 1)")
+    p.add_argument("--engine-cache", type=Path, default=None,
+                   help="TensorRT engine cache directory (default: <checkpoint>/.cache/tensorrt)")
+    p.add_argument("--fp16-tolerance", type=float, default=0.05,
+                   help="FP16 engine vs FP32 ONNX Runtime: max abs error accepted on the probe (default 0.05)")
+    p.add_argument("--verbose", "-v", action="store_true", help="log progress at INFO level")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"d3-export: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("d3-export: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from d3_perception.model import load_pretrained
+
+    if (args.height is None) != (args.width is None):
+        raise ValueError(f"`--height` and `--width` must be given together; got {args.height}, {args.width}")
+    hw = (args.height, args.width) if args.height is not None else None
+    steps = ["load", "export", *([] if args.no_parity else ["parity"]), *(["tensorrt"] if args.tensorrt else [])]
+    summary: dict[str, Any] = {}
+    with tqdm(total=len(steps), desc="d3-export", unit="step", file=sys.stderr) as bar:
+        bar.set_postfix_str("loading checkpoint")
+        predictor = load_pretrained(args.checkpoint, tasks=args.tasks)
+        out = args.output or (args.checkpoint / f"{predictor.config.model_id}.onnx")
+        bar.update()
+        bar.set_postfix_str(f"exporting ({args.exporter})")
+        export_onnx(args.checkpoint, out, tasks=args.tasks, hw=hw, opset=args.opset, exporter=args.exporter,
+                    predictor=predictor)
+        summary["onnx"] = str(out)
+        bar.update()
+        if not args.no_parity:
+            bar.set_postfix_str("parity vs torch")
+            report = parity_report(args.checkpoint, out, tolerance=args.parity_tolerance, predictor=predictor)
+            parity_path = args.parity_json or out.with_name(out.name + ".parity.json")
+            parity_path.write_text(json.dumps(report, indent=2) + "\n")
+            summary["parity"] = {"max_abs_error": report["max_abs_error"], "passed": report["passed"],
+                                 "report": str(parity_path)}
+            bar.update()
+            if not report["passed"]:
+                print(json.dumps(summary, indent=2))
+                raise RuntimeError(f"parity failed: max abs error {report['max_abs_error']} above "
+                                   f"{args.parity_tolerance} (report: {parity_path})")
+        if args.tensorrt:
+            bar.set_postfix_str("TensorRT engine")
+            from d3_perception.backends import BackendUnavailable
+
+            try:
+                summary["tensorrt"] = build_tensorrt_engine(
+                    args.checkpoint, out, precision=args.precision, resolution=args.resolution,
+                    max_batch=args.max_batch, cache_dir=args.engine_cache, fp16_tolerance=args.fp16_tolerance)
+            except BackendUnavailable as err:
+                raise RuntimeError(f"TensorRT engine not built: {err}") from None
+            bar.update()
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
