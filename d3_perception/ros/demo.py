@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from d3_perception.cli_args import OneLineErrorParser, image_size, positive_float
+
 __all__ = ["DEMO_LAUNCH_ARGUMENTS", "DemoArgument", "demo_specs", "main"]
 
 EPILOG = """\
@@ -47,26 +49,6 @@ class DemoError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ arguments
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be WIDTHxHEIGHT such as 320x240; got {text!r}") from None
-    if not (16 <= w <= 2048 and 16 <= h <= 2048):
-        raise argparse.ArgumentTypeError(f"width and height must be in [16, 2048]; got {text!r}")
-    return h, w
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0; got {text!r}") from None
-    if not (np.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number > 0; got {text!r}")
-    return value
-
-
 def _domain(text: str) -> int:
     try:
         value = int(text)
@@ -77,32 +59,25 @@ def _domain(text: str) -> int:
     return value
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage block): the reason, and where to look."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineErrorParser(
         prog="d3-demo", description="Run the synthetic camera and the real d3_perception_node, compare the "
         "predictions with exact ground truth, and write a montage, a point cloud, metrics and a report.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=_positive, default=30.0,
+    p.add_argument("--duration", type=positive_float, default=30.0,
                    help="seconds of measurement after the first prediction arrives (default 30)")
     p.add_argument("--output", type=Path, default=Path("outputs/demo"), help="output folder (default outputs/demo)")
     p.add_argument("--domain-id", type=_domain, default=None, help="ROS_DOMAIN_ID (default: a free one)")
     p.add_argument("--checkpoint", default="", help="checkpoint directory (default: models/d3_demo_tiny if "
                    "bundled, else a tiny random-weight model)")
     p.add_argument("--backend", default="auto", help="inference backend: auto | onnxruntime | torch (default auto)")
-    p.add_argument("--size", type=_size, default=(240, 320), metavar="WxH", help="camera resolution (default 320x240)")
-    p.add_argument("--rate-hz", type=_positive, default=5.0, help="camera rate (default 5)")
+    p.add_argument("--size", type=image_size(16, 2048), default=(240, 320), metavar="WxH", help="camera resolution (default 320x240)")
+    p.add_argument("--rate-hz", type=positive_float, default=5.0, help="camera rate (default 5)")
     p.add_argument("--scene", choices=("room", "outdoor", "mixed"), default="room", help="world (default room)")
     p.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
     p.add_argument("--metric-mode", choices=("sparse_depth", "depth_range", "none"), default="sparse_depth",
                    help="node metric depth mode (default sparse_depth: fit to the camera's LiDAR-like depth)")
-    p.add_argument("--startup-timeout", type=_positive, default=STARTUP_TIMEOUT_S,
+    p.add_argument("--startup-timeout", type=positive_float, default=STARTUP_TIMEOUT_S,
                    help=f"seconds to wait for the first prediction (default {STARTUP_TIMEOUT_S:g})")
     return p
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from d3_perception.cli_args import OneLineErrorParser, image_size, positive_float, positive_int
 from d3_perception.synthetic.scene import SCENE_KINDS
 
 __all__ = ["build_parser", "main", "topic_names"]
@@ -31,56 +32,18 @@ All messages of a frame share one header (stamp = start + index / fps, frame_id)
 """
 
 
-def _size(text: str) -> tuple[int, int]:
-    """'WxH' -> (H, W)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be WIDTHxHEIGHT such as 320x240; got {text!r}") from None
-    if not (8 <= w <= 4096 and 8 <= h <= 4096):
-        raise argparse.ArgumentTypeError(f"width and height must be in [8, 4096]; got {text!r}")
-    return h, w
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0; got {text!r}") from None
-    if not (np.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number > 0; got {text!r}")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage block): the reason, and where to look."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineErrorParser(
         prog="d3-synth-bag", description="Write a ROS 2 bag (MCAP or sqlite3) of a procedural synthetic sequence: "
         "camera images, camera_info, exact depth and normals, LiDAR-like sparse depth.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="output bag directory (must not exist unless --overwrite)")
-    p.add_argument("--frames", type=_positive_int, default=100, help="number of frames (default 100)")
-    p.add_argument("--size", type=_size, default=(240, 320), metavar="WxH", help="image size (default 320x240)")
-    p.add_argument("--fps", type=_positive_float, default=10.0, help="frame rate in Hz (default 10)")
+    p.add_argument("--frames", type=positive_int, default=100, help="number of frames (default 100)")
+    p.add_argument("--size", type=image_size(8, 4096), default=(240, 320), metavar="WxH", help="image size (default 320x240)")
+    p.add_argument("--fps", type=positive_float, default=10.0, help="frame rate in Hz (default 10)")
     p.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
     p.add_argument("--scene", choices=SCENE_KINDS, default="room", help="world kind (default room)")
-    p.add_argument("--hfov-deg", type=_positive_float, default=70.0, help="horizontal field of view (default 70)")
+    p.add_argument("--hfov-deg", type=positive_float, default=70.0, help="horizontal field of view (default 70)")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="bag storage (default mcap)")
     p.add_argument("--compressed", action="store_true", help="JPEG image/compressed instead of raw rgb8 image")
     p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1-100 (default 90)")

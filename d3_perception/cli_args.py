@@ -1,0 +1,49 @@
+"""argparse pieces shared by the command-line tools: one-line errors and validated argument types."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): the reason, and where to look."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0; got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0; got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}")
+    return value
+
+
+def image_size(min_px: int, max_px: int) -> Callable[[str], tuple[int, int]]:
+    """An argparse type for 'WxH' that returns ``(H, W)``, each side in ``[min_px, max_px]``."""
+
+    def parse(text: str) -> tuple[int, int]:
+        try:
+            w, h = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be WIDTHxHEIGHT such as 320x240; got {text!r}") from None
+        if not (min_px <= w <= max_px and min_px <= h <= max_px):
+            raise argparse.ArgumentTypeError(f"width and height must be in [{min_px}, {max_px}]; got {text!r}")
+        return h, w
+
+    return parse
