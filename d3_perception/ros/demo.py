@@ -310,6 +310,8 @@ class _Collector:
         if not self.measuring:
             return
         self.pred_stamps.add(stamp)
+        # Its image may have arrived just before measuring started; a processed frame was published all the same.
+        self.camera_stamps.add(stamp)
         try:
             self.acc.add(
                 stamp, msg_to_numpy(gt["image"]), msg_to_numpy(gt["depth"]), msg_to_numpy(gt["normals"]), self.K,
