@@ -209,7 +209,7 @@ class PredictionBagWriter:
     def write(self, frame: BagFrame, relative: np.ndarray | None, metric_m: np.ndarray | None,
               normals: np.ndarray | None) -> None:
         """``relative``/``metric_m`` ``[H,W]`` float32, ``normals`` ``[H,W,3]`` optical frame (any may be None)."""
-        from d3_perception.geometry.pointcloud import backproject, make_cloud
+        from d3_perception.geometry.pointcloud import cloud_from_depth
 
         for topic, (msgtype, t_ns, msg) in frame.raw.items():
             key = (topic, int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec))
@@ -227,9 +227,9 @@ class PredictionBagWriter:
             h, w = frame.depth_m.shape
             self._bag.write_camera_info(f"{p}/depth/camera_info", frame.K, (h, w), stamp, fid, log_time_ns=t_ns)
             if metric_m is not None:
-                points = backproject(metric_m, frame.K)  # [H,W,3] optical frame
                 rgb = frame.rgb if frame.rgb is not None and frame.rgb.shape[:2] == (h, w) else None
-                cloud = make_cloud(points, rgb=rgb, normals=normals)  # (H,W) structured
+                # The node's one-pass cloud builder: same cloud as backproject + make_cloud, no [H,W,3] temporary.
+                cloud = cloud_from_depth(metric_m, frame.K, rgb=rgb, normals=normals)  # (H,W) structured
                 self._bag.write_pointcloud(f"{p}/points", cloud, stamp, fid, log_time_ns=t_ns)
                 return
         self.points_skipped += 1
