@@ -29,6 +29,7 @@ __all__ = [
     "NORMAL_THRESHOLDS_DEG",
     "DepthProtocol",
     "NormalErrorAccumulator",
+    "Workspace",
     "align_depth",
     "crop_mask",
     "depth_metrics",
@@ -51,11 +52,46 @@ NORMAL_METRICS: tuple[str, ...] = ("mean", "median", "rmse", "a5", "a7.5", "a11.
 _ALIGN_SPACES = ("depth", "disparity", "none")
 
 
+_CROPS = ("none", "eigen", "garg")
+
+
 def _vdot(a: np.ndarray, b: np.ndarray) -> float:
     """Inner product of two ``[M]`` vectors without BLAS: ``np.dot`` wakes OpenBLAS threads, which measured
-    50x slower than einsum's single loop on a loaded 2-core machine (300k pixels: 7.5 ms vs 0.14 ms)."""
-    return float(np.einsum("i,i->", a, b))
-_CROPS = ("none", "eigen", "garg")
+    50x slower than einsum's single loop on a loaded 2-core machine (300k pixels: 7.5 ms vs 0.14 ms).
+    float32 inputs are multiplied and summed in float64 (exact products, no float64 copy of the inputs)."""
+    return float(np.einsum("i,i->", a, b, dtype=np.float64))
+
+
+class Workspace:
+    """Named work buffers reused from frame to frame by the ``*_flat`` functions (the evaluator's hot path).
+
+    A fresh 640x480 temporary per operation is memory the allocator hands back to the OS and faults in again at
+    the next frame (measured next to the tiny model: ~5000 page faults, ~7 ms per frame); buffers kept here are
+    faulted in once. ``get(name, n, dtype)`` returns the first ``n`` elements of the named buffer, reallocated
+    only when it is too small or of another dtype, so frames of any size can follow each other.
+
+    Arrays that a function returns from a workspace are views into it: valid until the next call that uses the
+    same workspace. Without a workspace (``work=None``) the functions allocate, as plain numpy code would.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, n: int, dtype: np.dtype | type) -> np.ndarray:
+        """``[n]`` buffer ``name`` of ``dtype`` (uninitialised)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < n or buf.dtype != dtype:
+            buf = np.empty(n, dtype)
+            self._buffers[name] = buf
+        return buf[:n]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self._buffers.values())
+
+
+def _buffer(work: Workspace | None, name: str, n: int, dtype: np.dtype | type) -> np.ndarray:
+    return np.empty(n, dtype) if work is None else work.get(name, n, dtype)
 
 
 def _check_pair(pred: np.ndarray, target: np.ndarray, valid_mask: np.ndarray | None, what: str) -> np.ndarray:
@@ -90,23 +126,29 @@ def fit_scale_shift_lstsq(
     return fit_flat(pred[mask], target[mask])
 
 
-def fit_flat(pred_v: np.ndarray, target_v: np.ndarray) -> tuple[float, float, float]:
-    """:func:`fit_scale_shift_lstsq` on already-masked ``[M]`` vectors (the evaluator's hot path)."""
-    p = np.asarray(pred_v, dtype=np.float64)  # [M]
-    t = np.asarray(target_v, dtype=np.float64)  # [M]
-    if p.size < 2:
-        raise ValueError(f"alignment needs at least 2 valid pixels; got {p.size}")
-    p_mean, t_mean = p.mean(), t.mean()
-    dp = p - p_mean
-    dt = t - t_mean
-    var = float(_vdot(dp, dp))
-    if var <= 1e-12 * p.size:
+def fit_flat(pred_v: np.ndarray, target_v: np.ndarray, work: Workspace | None = None) -> tuple[float, float, float]:
+    """:func:`fit_scale_shift_lstsq` on already-masked ``[M]`` vectors (the evaluator's hot path).
+
+    Any float dtype; the centred moments are computed in float64 (into ``work`` buffers when given).
+    """
+    p = np.ravel(pred_v)  # [M]
+    t = np.ravel(target_v)  # [M]
+    n = p.size
+    if n < 2:
+        raise ValueError(f"alignment needs at least 2 valid pixels; got {n}")
+    f64 = np.float64
+    p_mean = float(np.mean(p, dtype=f64))
+    t_mean = float(np.mean(t, dtype=f64))
+    dp = np.subtract(p, p_mean, out=_buffer(work, "fit_dp", n, f64), dtype=f64)  # [M] float64
+    dt = np.subtract(t, t_mean, out=_buffer(work, "fit_dt", n, f64), dtype=f64)  # [M] float64
+    var = _vdot(dp, dp)
+    if var <= 1e-12 * n:
         raise ValueError("alignment needs a non-constant prediction on the valid pixels; got a constant one")
-    cov = float(_vdot(dp, dt))
+    cov = _vdot(dp, dt)
     scale = cov / var
     shift = float(t_mean - scale * p_mean)
     # RMS residual from the centred moments: sum (s*dp - dt)^2 = var_t - cov^2 / var (no extra pass).
-    residual = math.sqrt(max(float(_vdot(dt, dt)) - cov * cov / var, 0.0) / p.size)
+    residual = math.sqrt(max(_vdot(dt, dt) - cov * cov / var, 0.0) / n)
     return scale, shift, residual
 
 
@@ -187,34 +229,47 @@ def depth_metrics(pred_m: np.ndarray, target_m: np.ndarray, valid_mask: np.ndarr
 _LOG_125 = math.log(1.25)
 
 
-def depth_metrics_flat(pred_v: np.ndarray, target_v: np.ndarray) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """:func:`depth_metrics` on masked ``[M]`` vectors; also returns ``|p-t|/t`` and ``log t`` (``[M]`` each).
+def depth_metrics_flat(
+    pred_v: np.ndarray, target_v: np.ndarray, work: Workspace | None = None
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """:func:`depth_metrics` on masked ``[M]`` vectors; also returns ``|p-t|/t`` and ``log t`` (``[M]`` float32 each).
 
     delta_k uses ``max(p/t, t/p) < 1.25^k  <=>  |log p - log t| < k log 1.25``, sharing the logs of RMSE-log.
+    With ``work``, every ``[M]`` temporary (and the two returned arrays) lives in its buffers.
     """
     # Element-wise work in float32 (half the memory traffic; values are metres), every mean accumulated in float64.
-    p = np.asarray(pred_v, dtype=np.float32)  # [M]
-    t = np.asarray(target_v, dtype=np.float32)  # [M]
-    if t.size == 0:
+    f32, f64 = np.float32, np.float64
+    p = np.ravel(np.asarray(pred_v, dtype=f32))  # [M]
+    t = np.ravel(np.asarray(target_v, dtype=f32))  # [M]
+    n = t.size
+    if n == 0:
         raise ValueError("`valid_mask` must select at least one pixel; got none")
-    if not (np.all(t > 0) and np.all(p > 0)):
+    if p.size != n:
+        raise ValueError(f"`pred_m` and `target_m` must have the same number of valid pixels; got {p.size} and {n}")
+    if not (float(t.min()) > 0 and float(p.min()) > 0):  # min is NaN if any value is NaN
         raise ValueError("`pred_m` and `target_m` must be > 0 on the valid pixels; got zero/negative/NaN values")
-    diff = p - t
-    sq = diff * diff
-    rel_err = np.abs(diff) / t
-    log_t = np.log(t)
-    log_ratio = np.abs(np.log(p) - log_t)
-    f64 = np.float64
+    sq = np.subtract(p, t, out=_buffer(work, "dm_sq", n, f32))  # [M] p - t
+    rel_err = np.abs(sq, out=_buffer(work, "dm_rel_err", n, f32))  # [M] |p - t| / t after the division
+    np.divide(rel_err, t, out=rel_err)
+    np.multiply(sq, sq, out=sq)  # [M] (p - t)^2
+    rmse = math.sqrt(float(np.mean(sq, dtype=f64)))
+    np.divide(sq, t, out=sq)  # [M] (p - t)^2 / t
+    log_t = np.log(t, out=_buffer(work, "dm_log_t", n, f32))  # [M]
+    log_ratio = np.log(p, out=_buffer(work, "dm_log_ratio", n, f32))  # [M] |log p - log t| after the next two
+    np.subtract(log_ratio, log_t, out=log_ratio)
+    np.abs(log_ratio, out=log_ratio)
+    below = _buffer(work, "dm_below", n, np.bool_)
     metrics = {
         "abs_rel": float(np.mean(rel_err, dtype=f64)),
-        "sq_rel": float(np.mean(sq / t, dtype=f64)),
-        "rmse": math.sqrt(float(np.mean(sq, dtype=f64))),
-        "rmse_log": math.sqrt(float(np.mean(log_ratio * log_ratio, dtype=f64))),
+        "sq_rel": float(np.mean(sq, dtype=f64)),
+        "rmse": rmse,
+        "rmse_log": math.nan,
         "log10": float(np.mean(log_ratio, dtype=f64)) / math.log(10.0),
-        "delta1": float(np.count_nonzero(log_ratio < _LOG_125)) / t.size,
-        "delta2": float(np.count_nonzero(log_ratio < 2 * _LOG_125)) / t.size,
-        "delta3": float(np.count_nonzero(log_ratio < 3 * _LOG_125)) / t.size,
+        "delta1": float(np.count_nonzero(np.less(log_ratio, _LOG_125, out=below))) / n,
+        "delta2": float(np.count_nonzero(np.less(log_ratio, 2 * _LOG_125, out=below))) / n,
+        "delta3": float(np.count_nonzero(np.less(log_ratio, 3 * _LOG_125, out=below))) / n,
     }
+    metrics["rmse_log"] = math.sqrt(float(np.mean(np.multiply(log_ratio, log_ratio, out=log_ratio), dtype=f64)))
     return metrics, rel_err, log_t
 
 

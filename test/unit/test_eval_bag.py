@@ -7,7 +7,9 @@ metrics are known (AbsRel 0, δ1 1, scale 10, shift 0.5); the launch-free round 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -362,3 +364,103 @@ def test_list_topics_and_help(tmp_path, monkeypatch, capsys):
         bag_cli.main(["--help"])
     assert exc.value.code == 0
     assert "--pred-topic /d3/depth/relative" in capsys.readouterr().out
+
+
+def _evaluator(cfg, frames):
+    from d3_perception.evaluation.bag_eval import _Evaluator
+
+    ev = _Evaluator(cfg, SimpleNamespace(matches=[None] * len(frames)), None)
+    for frame, rel in frames:
+        ev.finish(frame, rel, None, 1.0)
+    return ev
+
+
+@pytest.mark.parametrize("mode, space", [("per_frame", "depth"), ("per_frame", "disparity"), ("fixed", "depth")])
+def test_reused_metric_buffers_give_the_values_of_a_fresh_evaluator_and_of_plain_numpy(mode, space):
+    """One evaluator keeps its work buffers from frame to frame: GT with holes (gathered pixels) or without (views),
+    a frame without valid GT, bad predictions, and other sizes after the first must not change any value."""
+    from d3_perception.evaluation.bag_eval import BagEvalConfig
+    from d3_perception.evaluation.bag_source import BagFrame
+    from d3_perception.evaluation.metrics import depth_metrics_flat
+
+    rng = np.random.default_rng(11)
+    cfg = BagEvalConfig(metric_mode=mode, alignment_space=space, fixed_scale=8.0, fixed_shift=0.3, montage_frames=0)
+    frames = []
+    for i, (h, w) in enumerate([(48, 64), (48, 64), (30, 40), (30, 40), (200, 240)]):  # 200x240: several blocks
+        gt = rng.uniform(0.5, 9.0, (h, w)).astype(np.float32)
+        if i != 1:  # frame 1: every pixel valid
+            gt[rng.random((h, w)) < 0.3] = np.nan
+        if i == 3:
+            gt[:] = np.nan  # no valid ground truth at all
+        rel = ((np.nan_to_num(gt, nan=4.0) - 0.3) / 8.0 + rng.normal(0, 0.05, (h, w))).astype(np.float32)
+        if mode == "fixed" and i == 2:  # missing, non-positive and infinite predictions count as clipped errors
+            rel[:2], rel[2:4], rel[4, :5] = np.nan, -1.0, np.inf
+        frames.append((BagFrame(index=i, stamp_ns=T0_NS + i * PERIOD_NS, log_time_ns=0, frame_id="cam", rgb=None,
+                                depth_m=gt), rel))
+    reused = _evaluator(cfg, frames)
+    fresh = [_evaluator(cfg, [fr]) for fr in frames]
+    lo, hi = cfg.min_depth_m, float(np.finfo(np.float32).max)
+    for (frame, rel), rec, single in zip(frames, reused.records, fresh, strict=True):
+        ref = single.records[0]
+        assert (rec.status, rec.gt_valid_fraction, rec.pred_valid_fraction) == (
+            ref.status, ref.gt_valid_fraction, ref.pred_valid_fraction)
+        assert [rec.scale, rec.shift, rec.fit_scale, rec.fit_shift] == pytest.approx(
+            [ref.scale, ref.shift, ref.fit_scale, ref.fit_shift], rel=1e-12, nan_ok=True)
+        assert rec.metrics == pytest.approx(ref.metrics, rel=1e-12, nan_ok=True)
+        if frame.index == 3:
+            assert rec.status == "no_valid_gt" and all(math.isnan(v) for v in rec.metrics.values())
+            continue
+        # plain masked numpy on the whole frame: the protocol's clip of the metric depth on every GT-valid pixel
+        mask = np.isfinite(frame.depth_m) & (frame.depth_m > lo)
+        metric, *_ = reused.to_metric(rel, frame, (rec.fit_scale, rec.fit_shift))
+        metric_v = metric[mask]
+        assert rec.pred_valid_fraction == np.count_nonzero(np.isfinite(metric_v) & (metric_v > 0)) / mask.sum()
+        clipped = np.clip(np.nan_to_num(metric_v, nan=lo, posinf=hi, neginf=lo), lo, hi)
+        with np.errstate(over="ignore"):  # the infinite predictions are clipped to float32 max
+            expected = depth_metrics_flat(clipped, frame.depth_m[mask])[0]
+        assert rec.metrics == pytest.approx(expected, rel=1e-6)
+    assert reused.records[2].status == "ok"
+    if mode == "fixed":
+        assert reused.records[2].pred_valid_fraction < 1.0 and reused.records[2].metrics["delta1"] < 0.99
+    np.testing.assert_array_equal(reused.acc.error_hist, sum(f.acc.error_hist for f in fresh))
+    np.testing.assert_array_equal(reused.acc.depth_count, sum(f.acc.depth_count for f in fresh))
+    np.testing.assert_allclose(reused.acc.depth_sum, sum(f.acc.depth_sum for f in fresh), rtol=1e-12)
+    n_scored = sum(np.count_nonzero(np.isfinite(f.depth_m) & (f.depth_m > lo)) for (f, _), r in
+                   zip(frames, reused.records, strict=True) if r.status == "ok")
+    assert reused.acc.error_hist.sum() == n_scored
+
+
+def test_plots_with_missing_image_and_prediction(tmp_path):
+    from d3_perception.evaluation.bag_eval import DEPTH_BINS_M, REL_ERROR_BINS, BagEvalConfig, FrameRecord
+    from d3_perception.evaluation.plots import write_bag_plots
+
+    gt = np.linspace(1.0, 5.0, 48 * 64, dtype=np.float32).reshape(48, 64)
+    gt[:5] = np.nan
+    samples = [{"index": 0, "rgb": None, "gt": gt, "rel": gt / 5.0, "pred": None, "err": np.full_like(gt, np.nan)},
+               {"index": 7, "rgb": np.zeros((48, 64, 3), np.uint8), "gt": gt, "rel": gt / 5.0, "pred": gt * 1.1,
+                "err": np.full_like(gt, 0.1)}]
+    frames = [FrameRecord(index=i, stamp_ns=i, time_s=0.1 * i, status="ok", scale=1.0, shift=0.0, fit_scale=1.0,
+                          fit_shift=0.0, gt_valid_fraction=1.0, pred_valid_fraction=1.0, model_ms=1.0,
+                          record_latency_ms=math.nan, metrics={"abs_rel": 0.1, "delta1": 0.9}) for i in range(8)]
+    result = SimpleNamespace(frames=frames, config=BagEvalConfig(), samples=samples,
+                             error_hist=np.arange(len(REL_ERROR_BINS)),
+                             depth_bins={"edges_m": DEPTH_BINS_M, "abs_rel_sum": np.ones(len(DEPTH_BINS_M) - 1),
+                                         "count": np.full(len(DEPTH_BINS_M) - 1, 2)})
+    names = write_bag_plots(result, tmp_path)
+    assert names == ["metrics_over_time.png", "error_histogram.png", "absrel_by_depth.png", "scale_over_time.png",
+                     "montage.png"]
+    from PIL import Image
+
+    with Image.open(tmp_path / "montage.png") as im:
+        assert im.size[0] > 4 * 64 and im.size[1] > 2 * 48  # 4 panels per row, 2 rows
+
+
+def test_float_depth_decoding_marks_non_finite_and_non_positive_values_invalid():
+    from d3_perception.evaluation.bag_source import decode_depth_m
+
+    values = np.array([[1.5, 0.0, -2.0, np.inf], [-np.inf, np.nan, 3e-3, 250.0]], np.float32)
+    msg = SimpleNamespace(encoding="32FC1", height=2, width=4, step=16, is_bigendian=0, data=values.tobytes())
+    depth = decode_depth_m(msg)
+    assert depth.dtype == np.float32
+    expected = np.array([[1.5, np.nan, np.nan, np.nan], [np.nan, np.nan, 3e-3, 250.0]], np.float32)
+    np.testing.assert_array_equal(depth, expected)

@@ -10,10 +10,13 @@ import pytest
 from d3_perception.evaluation.metrics import (
     DepthProtocol,
     NormalErrorAccumulator,
+    Workspace,
     align_depth,
     crop_mask,
     depth_metrics,
+    depth_metrics_flat,
     evaluate_depth,
+    fit_flat,
     fit_scale_shift_lstsq,
     mean_metrics,
     normal_angles_deg,
@@ -83,6 +86,23 @@ def test_fit_rejects_constant_prediction_and_too_few_pixels():
         fit_scale_shift_lstsq(np.ones(5), np.arange(5.0), np.ones(5, bool))
     with pytest.raises(ValueError, match="at least 2"):
         fit_scale_shift_lstsq(np.arange(5.0), np.arange(5.0), np.eye(5, dtype=bool)[0])
+
+
+def test_flat_metrics_and_fit_with_a_reused_workspace_equal_fresh_computation():
+    rng = np.random.default_rng(7)
+    work = Workspace()
+    for n in (500, 120, 900):  # grow, shrink (a slice of the same buffers), grow again
+        t = rng.uniform(0.5, 9.0, n).astype(np.float32)
+        p = (t * rng.uniform(0.7, 1.4, n)).astype(np.float32)
+        metrics, rel_err, log_t = depth_metrics_flat(p, t, work)
+        fresh, fresh_rel_err, fresh_log_t = depth_metrics_flat(p, t)
+        assert metrics == fresh
+        np.testing.assert_array_equal(rel_err, fresh_rel_err)
+        np.testing.assert_array_equal(log_t, fresh_log_t)
+        assert metrics == pytest.approx(depth_metrics(p.astype(np.float64), t.astype(np.float64), np.ones(n, bool)),
+                                        rel=1e-6)
+        assert fit_flat(p, 2.0 * t + 1.0, work) == fit_flat(p, 2.0 * t + 1.0)
+    assert work.nbytes > 0
 
 
 def test_disparity_alignment_recovers_affine_disparity():
