@@ -6,6 +6,7 @@ Targets: latency p95 <= 1.5x model time; RSS growth < 5 % from the first sample 
 
   .venv/bin/python bench/node_load.py --minutes 1
   .venv/bin/python bench/node_load.py --minutes 1 --outputs all     # + camera_info; cloud, normals, images out
+  .venv/bin/python bench/node_load.py --minutes 1 --wait-for-fresh-frame false   # take stale frames at once
   .venv/bin/python bench/node_load.py --minutes 10 --size 640x480 --checkpoint models/d3_tiny --json p5.json
 """
 
@@ -61,10 +62,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="info: subscribe to ~/info only (lazy outputs: the node computes nothing else); "
                              "all: also camera_info in, and subscribe to every image output and the cloud "
                              "(the node does the full per-frame work of bench/node_overhead.py)")
+    parser.add_argument("--wait-for-fresh-frame", choices=("true", "false"), default="true",
+                        help="the node's wait_for_fresh_frame parameter (default true, the node's default): "
+                             "false takes the pending frame at once, however long it has waited")
+    parser.add_argument("--fresh-frame-max-age-ratio", type=float, default=0.5,
+                        help="the node's fresh_frame_max_age_ratio parameter (default 0.5, the node's default)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.rate_hz <= 0:
         parser.error("--minutes and --rate-hz must be > 0")
+    if not 0.0 <= args.fresh_frame_max_age_ratio <= 1.0:
+        parser.error(f"--fresh-frame-max-age-ratio must be in [0, 1]; got {args.fresh_frame_max_age_ratio}")
     if args.checkpoint is not None and not (args.checkpoint / "config.json").is_file():
         print(f"node_load: `--checkpoint` must be a checkpoint directory; got {args.checkpoint}", file=sys.stderr)
         return 2
@@ -93,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(ros_environment(lease.domain_id, tmp / "log"))
     spec = node_command(namespace="load", checkpoint=str(ckpt), backend=args.backend, base_env=env,
                         extra_params={"processing_resolution": args.processing_resolution,
-                                      "lazy_outputs": True, "metric.mode": "none"})
+                                      "lazy_outputs": True, "metric.mode": "none",
+                                      "wait_for_fresh_frame": args.wait_for_fresh_frame == "true",
+                                      "fresh_frame_max_age_ratio": args.fresh_frame_max_age_ratio})
     import subprocess
 
     node_log = open(tmp / "node.log", "w")  # noqa: SIM115
@@ -112,6 +122,16 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((now, lat, msg.inference_ms, msg.frames_dropped, msg.total_ms))
 
     node.create_subscription(PredictionInfo, "/load/d3_perception_node/info", on_info, QoSProfile(depth=50))
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    diag: dict[str, str] = {}  # the node's newest /diagnostics values
+
+    def on_diag(msg):
+        for st in msg.status:
+            if st.name.endswith("d3_perception_node: pipeline"):
+                diag.update({kv.key: kv.value for kv in st.values})
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     received = {"n": 0}
     pub_info = None
     if args.outputs == "all":
@@ -190,11 +210,16 @@ def main(argv: list[str] | None = None) -> int:
         "minutes": args.minutes, "rate_hz": args.rate_hz, "size": f"{args.size[1]}x{args.size[0]}",
         "outputs_subscribed": args.outputs, "other_outputs_received": received["n"],
         "backend": args.backend, "processing_resolution": args.processing_resolution,
+        "wait_for_fresh_frame": args.wait_for_fresh_frame == "true",
+        "fresh_frame_max_age_ratio": args.fresh_frame_max_age_ratio,
         "frames_sent": sent, "outputs": len(rows), "frames_dropped_by_node": int(rows[-1][3]) if rows else 0,
         "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p95_ms": float(np.percentile(lat, 95)),
         "model_p50_ms": float(np.percentile(inf, 50)), "model_p95_ms": float(np.percentile(inf, 95)),
         "breakdown_ms": {k: {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95))}
                          for k, v in parts.items()},
+        "node_diagnostics": {k: diag.get(k) for k in ("frames_received", "frames_processed", "frames_dropped",
+                                                      "fresh_frame_waits", "fresh_frame_timeouts",
+                                                      "input_period_ms")},
         "rss_mb_first": rss_after[0], "rss_mb_last": rss_after[-1],
         "rss_growth_pct": 100.0 * (rss_after[-1] - rss_after[0]) / rss_after[0],
         "rss_series": rss,
@@ -202,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["latency_p95_over_model_p50"] = result["latency_p95_ms"] / result["model_p50_ms"]
     print(f"{args.minutes} min at {args.rate_hz} Hz, {result['size']}, {args.backend} "
-          f"(processing {args.processing_resolution}px), outputs subscribed: {args.outputs} "
+          f"(processing {args.processing_resolution}px), wait_for_fresh_frame {args.wait_for_fresh_frame} "
+          f"(max age ratio {args.fresh_frame_max_age_ratio}), "
+          f"outputs subscribed: {args.outputs} "
           f"({received['n']} non-info messages received): sent {sent}, outputs {len(rows)}, "
           f"dropped by the node {result['frames_dropped_by_node']}; load average {result['load_average_1min']:.1f}")
     print(f"  latency stamp->output p50 {result['latency_p50_ms']:.1f} ms, p95 {result['latency_p95_ms']:.1f} ms; "
@@ -210,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(target <= 1.5: {'met' if result['latency_p95_over_model_p50'] <= 1.5 else 'NOT met'})")
     print("  breakdown p50/p95 ms: " + ", ".join(f"{k} {v['p50']:.1f}/{v['p95']:.1f}"
                                                 for k, v in result["breakdown_ms"].items()))
+    print("  node /diagnostics at the end: " + ", ".join(f"{k} {v}" for k, v in result["node_diagnostics"].items()))
     print(f"  node RSS {result['rss_mb_first']:.0f} -> {result['rss_mb_last']:.0f} MB "
           f"({result['rss_growth_pct']:+.1f} %; target < 5 %: {'met' if result['rss_growth_pct'] < 5 else 'NOT met'})")
     if args.json:

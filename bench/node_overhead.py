@@ -1,16 +1,22 @@
 """P4: per-frame cost of the node's work except the model, at 640x480 with depth + normals + cloud.
 
-Stages (the same calls the node makes): decode (Image msg -> rgb), metric fit (robust sparse fit + apply
-into the depth message buffer), normals (model normals -> three optical-frame planes), cloud
-(back-projection + organized cloud written into the PointCloud2 buffer), packing (colour map, normals
-image, depth, relative, colored, normals, camera_info and PointCloud2 messages). Wall time per stage and
-total, and the CPU time per frame (the cores are shared). Peer, measured in the same run:
+Stages of the node's worker thread, in the node's order (the same calls, D3PerceptionNode._process in
+sparse_depth mode with model normals): decode (Image msg -> rgb), side_jobs (hand the model normals ->
+three optical-frame planes + the normals image, and the colour map, to the helper threads of
+``postprocess_threads``; with one thread: compute them), metric_fit (robust sparse fit + apply into the
+depth message buffer, while the helpers work), side_wait (for the normals the cloud needs), cloud
+(back-projection + organized cloud written into the PointCloud2 buffer, rows shared with the helpers; then
+the colour map's end), packing (depth, relative, colored, normals, camera_info and PointCloud2 messages).
+Wall time per stage and total, the CPU time per frame of all threads and of the worker thread (the cores
+are shared), for the node's default thread count and, interleaved, ``--compare-threads``; the messages of
+both must be byte-identical. Peer, measured in the same run:
 the way common ROS Python code does it — per-pixel back-projection in Python loops over rows and a
 PointCloud2 packed from a list of per-point tuples, as ``sensor_msgs_py.point_cloud2.create_cloud`` takes
 them (written here: sensor_msgs_py is not on the package registries).
 
   .venv/bin/python bench/node_overhead.py                 # 30 frames, peer on 3 frames
   .venv/bin/python bench/node_overhead.py --frames 100 --json out.json
+  .venv/bin/python bench/node_overhead.py --threads 1 --compare-threads 0   # one configuration only
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ def _inputs():
     yy = np.linspace(0.1, 0.9, H, dtype=np.float32)[:, None]
     relative = np.broadcast_to(yy, (H, W)).copy() + rng.normal(0, 0.01, (H, W)).astype(np.float32)
     normals = rng.normal(size=(3, H, W)).astype(np.float32)  # backend layout, opengl convention
+    normals /= np.linalg.norm(normals, axis=0)  # unit vectors, as every backend returns them (postprocess)
     sparse = np.full((H, W), np.nan, np.float32)
     rows = np.linspace(0, H - 1, 18).round().astype(int)[1:-1]
     sparse[rows] = 4.0 * relative[rows] + 0.5
@@ -53,42 +60,57 @@ def _modules():
     from std_msgs.msg import Header
 
     from d3_perception.geometry.alignment import MetricAligner
-    from d3_perception.geometry.normals import interleave, to_optical_frame_planes
     from d3_perception.geometry.pointcloud import CLOUD_DTYPE, fill_cloud
     from d3_perception.image_codec import to_rgb8
     from d3_perception.ros import conversions as conv
-    from d3_perception.ros.node import D3PerceptionNode
+    from d3_perception.ros.node import _Side
 
-    return (Header, MetricAligner, interleave, to_optical_frame_planes, CLOUD_DTYPE, fill_cloud, to_rgb8, conv,
-            D3PerceptionNode)
+    return Header, MetricAligner, CLOUD_DTYPE, fill_cloud, to_rgb8, conv, _Side
 
 
-def ours(image_msg, relative, normals_chw, sparse, K, aligner, timings, pool):
-    (Header, MetricAligner, interleave, to_optical_frame_planes, CLOUD_DTYPE, fill_cloud, to_rgb8, conv,
-     D3PerceptionNode) = _modules()  # imported once, like the node's module imports
+STAGES = ("decode", "side_jobs", "metric_fit", "side_wait", "cloud", "packing")
+WANT = {"depth": True, "relative": True, "camera_info": True, "colored": True, "normals": True,
+        "normals_colored": False, "points": True, "info": False}
+
+
+def ours(image_msg, relative, normals_chw, sparse, K, aligner, timings, pool, workers):
+    Header, MetricAligner, CLOUD_DTYPE, fill_cloud, to_rgb8, conv, _Side = _modules()  # imported once, like the node
     header = Header(frame_id="camera_optical_frame")
     t = [time.perf_counter()]
     rgb = to_rgb8(conv.msg_to_numpy(image_msg, 8_294_400), image_msg.encoding)
     t.append(time.perf_counter())
-    # as the node (D3PerceptionNode._process/_publish): outputs are computed straight into the message
-    # buffers of `pool`, reused across frames, so packing a message copies nothing
-    res = aligner.update(relative, sparse)
-    depth_m = MetricAligner.apply(relative, res, out=pool.view("depth", relative.shape, np.float32)[1])
+    # as the node (D3PerceptionNode._process, sparse_depth mode, model normals): the helper threads of
+    # `workers` start on the model normals (+ normals image) and the colour map while this thread fits the
+    # metric scale, then all share the cloud rows; outputs are computed straight into the message buffers
+    # of `pool`, reused across frames, so packing a message copies nothing
+    side = _Side(pool, WANT, (H, W), relative, "turbo", planes=True)
+    with workers.batch() as submit:
+        normals_job = submit(functools.partial(side.normals, normals_chw, "opengl", K))
+        colored_here = workers.threads > 1  # as the node: with helpers, this thread colours after its fit
+        colored_job = None if colored_here else submit(side.colored)
+        t.append(time.perf_counter())  # side_jobs: submitting (with one thread: running) them
+        res = aligner.update(relative, sparse)
+        depth_m = MetricAligner.apply(relative, res, out=pool.view("depth", relative.shape, np.float32)[1])
+        if colored_here:
+            side.colored()
+        t.append(time.perf_counter())
+        normals = workers.result(normals_job)
+        t.append(time.perf_counter())  # side_wait: for the normals the cloud needs
+        buf, block = pool.float32_block("points", (H, W, CLOUD_DTYPE.itemsize // 4))
+        cloud, dense = fill_cloud(depth_m, K, rgb, normals, min_range_m=0.1, max_range_m=20.0, out=block,
+                                  workers=workers)
+        if colored_job is not None:
+            workers.result(colored_job)
+        t.append(time.perf_counter())
+    images = side.images
+    msgs = [conv.numpy_to_msg(relative, "32FC1", header, pool, "relative"),
+            conv.numpy_to_msg(depth_m, "32FC1", header, pool, "depth"),
+            conv.scaled_camera_info(None, K, (H, W), header),
+            conv.numpy_to_msg(images["colored"], "bgr8", header, pool, "colored"),
+            conv.numpy_to_msg(images["normals"], "32FC3", header, pool, "normals"),
+            conv.cloud_to_msg(cloud, header, buf, is_dense=dense)]
     t.append(time.perf_counter())
-    normals = to_optical_frame_planes(normals_chw, "opengl", K, out=pool.view("normals.planes", (3, H, W), np.float32)[1])
-    t.append(time.perf_counter())
-    buf, block = pool.float32_block("points", (H, W, CLOUD_DTYPE.itemsize // 4))
-    cloud, dense = fill_cloud(depth_m, K, rgb, normals, min_range_m=0.1, max_range_m=20.0, out=block)
-    t.append(time.perf_counter())
-    colored = D3PerceptionNode._colorize(relative, "turbo", out=pool.view("colored", (H, W, 3), np.uint8)[1])
-    normals_img = interleave(normals, out=pool.view("normals", (H, W, 3), np.float32)[1])
-    msgs = [conv.numpy_to_msg(depth_m, "32FC1", header, pool, "depth"),
-            conv.numpy_to_msg(relative, "32FC1", header, pool, "relative"),
-            conv.numpy_to_msg(colored, "bgr8", header, pool, "colored"),
-            conv.numpy_to_msg(normals_img, "32FC3", header, pool, "normals"),
-            conv.scaled_camera_info(None, K, (H, W), header), conv.cloud_to_msg(cloud, header, buf, is_dense=dense)]
-    t.append(time.perf_counter())
-    for name, a, b in zip(("decode", "metric_fit", "normals", "cloud", "packing"), t[:-1], t[1:], strict=True):
+    for name, a, b in zip(STAGES, t[:-1], t[1:], strict=True):
         timings.setdefault(name, []).append((b - a) * 1e3)
     return msgs
 
@@ -138,7 +160,21 @@ def _stats(values):
     return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)), "n": int(a.size)}
 
 
+def _run(inputs, aligner, pool, workers, timings: dict, cpu: dict) -> None:
+    c0, t0 = time.process_time(), time.thread_time()
+    ours(*inputs, aligner, timings, pool, workers)
+    cpu.setdefault("cpu_total", []).append((time.process_time() - c0) * 1e3)  # every thread of the process
+    cpu.setdefault("cpu_worker_thread", []).append((time.thread_time() - t0) * 1e3)  # the node's worker alone
+
+
+def _payloads(msgs) -> list[bytes]:
+    return [bytes(m.data) if hasattr(m, "data") else repr(list(m.k)).encode() for m in msgs]
+
+
 def main(argv: list[str] | None = None) -> int:
+    from d3_perception.ros.params import SPECS
+
+    default_threads = SPECS["postprocess_threads"].default
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="examples:\n  .venv/bin/python bench/node_overhead.py\n"
@@ -146,27 +182,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=30, help="timed frames of our path (default 30)")
     parser.add_argument("--peer-frames", type=int, default=3, help="timed frames of the peer (default 3)")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=default_threads,
+                        help=f"the node's postprocess_threads (default {default_threads}, the node's default)")
+    parser.add_argument("--compare-threads", type=int, default=1,
+                        help="also time this postprocess_threads, frames interleaved with --threads (default 1; "
+                             "0 = off)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if args.frames < 1 or args.peer_frames < 1:
         parser.error("--frames and --peer-frames must be >= 1")
+    if args.threads < 1 or args.compare_threads < 0:
+        parser.error("--threads must be >= 1 and --compare-threads >= 0")
 
     from d3_perception.geometry.alignment import MetricAligner, MetricConfig
+    from d3_perception.geometry.pointcloud import RowWorkers
     from d3_perception.ros.conversions import BufferPool
 
     inputs = _inputs()
     pool = BufferPool()
-    aligner = MetricAligner(MetricConfig(mode="sparse_depth", min_points=50))
-    warm: dict = {}
+    configs = {"ours": args.threads}
+    if args.compare_threads and args.compare_threads != args.threads:
+        configs[f"ours_{args.compare_threads}_thread{'s' if args.compare_threads > 1 else ''}"] = args.compare_threads
+    workers = {name: RowWorkers(n) for name, n in configs.items()}
+    aligners = {name: MetricAligner(MetricConfig(mode="sparse_depth", min_points=50)) for name in configs}
+    first = {name: _payloads(ours(*inputs, aligners[name], {}, pool, workers[name])) for name in configs}
+    for name, payloads in first.items():
+        if payloads != first["ours"]:
+            print(f"node_overhead: the messages of {name} differ from those with {args.threads} threads", file=sys.stderr)
+            return 1
     for _ in range(args.warmup):
-        ours(*inputs, aligner, warm, pool)
-    timings: dict = {}
-    cpu_ms = []  # CPU time of this process per frame: what the frame costs, whatever else runs on the cores
+        for name in configs:
+            ours(*inputs, aligners[name], {}, pool, workers[name])
+    timings: dict = {name: {} for name in configs}
+    cpu: dict = {name: {} for name in configs}  # CPU time per frame: what it costs, whatever else runs on the cores
     for _ in range(args.frames):
-        c0 = time.process_time()
-        ours(*inputs, aligner, timings, pool)
-        cpu_ms.append((time.process_time() - c0) * 1e3)
-    totals = [sum(v[i] for v in timings.values()) for i in range(args.frames)]
+        for name in configs:  # interleaved: the configurations see the same machine load
+            _run(inputs, aligners[name], pool, workers[name], timings[name], cpu[name])
+    for w in workers.values():
+        w.close()
     peer_t: dict = {}
     peer(*inputs, {})  # warm-up
     for _ in range(args.peer_frames):
@@ -175,20 +228,24 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "node_overhead (P4)", "resolution": f"{W}x{H}", "machine": f"{platform.processor() or platform.machine()}",
         "outputs": "depth, relative, colored, normals, camera_info, points (x,y,z,rgb,normal_xyz)",
-        "ours": {"total": _stats(totals), **{k: _stats(v) for k, v in timings.items()}, "cpu_total": _stats(cpu_ms)},
+        "postprocess_threads": configs,
         "peer_python_loops": {"total": _stats(peer_t["total"])},
         "load_average_1min": os.getloadavg()[0],  # the 2 cores are shared: absolute times scale with this
     }
+    for name in configs:
+        totals = [sum(v[i] for v in timings[name].values()) for i in range(args.frames)]
+        result[name] = {"total": _stats(totals), **{k: _stats(v) for k, v in timings[name].items()},
+                        **{k: _stats(v) for k, v in cpu[name].items()}}
     speedup = result["peer_python_loops"]["total"]["p50_ms"] / result["ours"]["total"]["p50_ms"]
     result["speedup_p50"] = speedup
     print(f"node overhead at {W}x{H} (everything but the model), {args.frames} frames after {args.warmup} warm-up; "
           f"load average {result['load_average_1min']:.1f} on {os.cpu_count()} cores")
-    for k in ("decode", "metric_fit", "normals", "cloud", "packing", "total"):
-        s = result["ours"][k]
-        print(f"  ours {k:<11} p50 {s['p50_ms']:8.2f} ms   p95 {s['p95_ms']:8.2f} ms")
-    s = result["ours"]["cpu_total"]
-    print(f"  ours CPU time  p50 {s['p50_ms']:8.2f} ms   p95 {s['p95_ms']:8.2f} ms  (wall minus time the shared cores "
-          "ran other jobs)")
+    for name, n in configs.items():
+        print(f"  {name} (postprocess_threads {n}), wall p50 / p95 ms per stage of the worker thread:")
+        print("    " + ", ".join(f"{k} {result[name][k]['p50_ms']:.2f}/{result[name][k]['p95_ms']:.2f}"
+                                 for k in (*STAGES, "total")))
+        print(f"    CPU p50: all threads {result[name]['cpu_total']['p50_ms']:.2f} ms, worker thread "
+              f"{result[name]['cpu_worker_thread']['p50_ms']:.2f} ms (the rest ran on helper threads)")
     s = result["peer_python_loops"]["total"]
     print(f"  peer (Python loops + per-point tuples) total p50 {s['p50_ms']:8.1f} ms   p95 {s['p95_ms']:8.1f} ms")
     print(f"  ratio peer/ours (p50): {speedup:.1f}x   target >= 3x: {'met' if speedup >= 3 else 'NOT met'}; "

@@ -7,6 +7,8 @@ into a message with one ``tobytes()``: no per-point Python loop.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import math
 import sys
 import threading
@@ -19,6 +21,7 @@ from d3_perception.geometry.intrinsics import check_intrinsics
 
 __all__ = [
     "CLOUD_DTYPE",
+    "RowWorkers",
     "backproject",
     "cloud_dtype",
     "cloud_from_depth",
@@ -69,14 +72,154 @@ scratch = _Scratch()
 ROWS_PER_CHUNK = 128  # rows processed together: per-pass working set stays in cache, scratch stays small
 
 
-def for_row_chunks(fn, n_rows: int) -> list:
-    """``fn(r0, r1)`` for consecutive blocks of :data:`ROWS_PER_CHUNK` rows; returns the results in order.
+class _Task:
+    __slots__ = ("fn", "state", "value", "error", "done")
 
-    Blocks keep each pass's working set in cache (a whole-frame pass streams every plane through memory).
-    Rows are independent, so the result is the same as one call on all rows. (A helper thread taking half
-    of the blocks was measured too: no consistent gain on the shared 2-core machine, so not used.)
+    def __init__(self, fn) -> None:
+        self.fn, self.state, self.value, self.error = fn, 0, None, None  # state: 0 queued, 1 running, 2 done
+        self.done = threading.Event()
+
+
+class RowWorkers:
+    """The calling thread plus ``threads - 1`` helper threads sharing the row blocks
+    (:func:`for_row_chunks`) and the independent tasks (:meth:`submit`) of one frame.
+
+    Work is claimed, never assigned: a block or task that no helper has started when the caller needs it is
+    run by the caller itself, so a helper that does not get a core (other processes busy) costs a little
+    bookkeeping, never a wait. numpy and OpenCV release the GIL inside their loops, so on free cores the
+    helpers run in parallel. With ``threads=1`` everything runs in the caller (``submit`` runs at once).
+    Tasks must not use the same workers themselves (no nesting). ``close()`` stops the helpers (started on
+    first use).
     """
-    return [fn(r, min(n_rows, r + ROWS_PER_CHUNK)) for r in range(0, n_rows, ROWS_PER_CHUNK)]
+
+    def __init__(self, threads: int = 2) -> None:
+        if int(threads) != threads or threads < 1:
+            raise ValueError(f"`threads` must be an integer >= 1; got {threads}")
+        self.threads = int(threads)
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Task] = collections.deque()
+        self._helpers: list[threading.Thread] = []
+        self._closed = False
+
+    def submit(self, fn) -> _Task:
+        """Queue ``fn()`` for a helper (with one thread: run it now); get its value with :meth:`result`."""
+        task = _Task(fn)
+        if self.threads == 1:
+            self._execute(task)
+            return task
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("`RowWorkers` is closed")
+            if not self._helpers:
+                self._helpers = [threading.Thread(target=self._run, name=f"d3_rows_{i}", daemon=True)
+                                 for i in range(self.threads - 1)]
+                for t in self._helpers:
+                    t.start()
+            self._queue.append(task)
+            self._cond.notify()
+        return task
+
+    def result(self, task: _Task):
+        """``task``'s value (its exception is raised here); run here if no helper has started it."""
+        if self._claim(task):
+            self._execute(task)
+        task.done.wait()
+        if task.error is not None:
+            raise task.error
+        return task.value
+
+    def map(self, fns) -> list:
+        """``[fn() for fn in fns]``, shared with the helpers (which take from the front, this thread from the
+        back). Returns (or raises the first error) once every call has finished."""
+        tasks = [self.submit(fn) for fn in fns]
+        for task in reversed(tasks):
+            if self._claim(task):
+                self._execute(task)
+        for task in tasks:
+            task.done.wait()
+        return [self.result(task) for task in tasks]
+
+    @contextlib.contextmanager
+    def batch(self):
+        """``with workers.batch() as submit:`` -- :meth:`submit` whose tasks are all settled (:meth:`settle`)
+        when the block exits, also when it raises."""
+        tasks: list[_Task] = []
+
+        def submit(fn) -> _Task:
+            tasks.append(self.submit(fn))
+            return tasks[-1]
+
+        try:
+            yield submit
+        finally:
+            self.settle(tasks)
+
+    def settle(self, tasks: list[_Task]) -> None:
+        """Cancel the ``tasks`` no thread has started, then wait until the others have finished (errors
+        ignored): after a failure, no task of a frame may still write into buffers the next frame reuses."""
+        for task in tasks:
+            if self._claim(task):
+                task.fn = None
+                task.state = 2
+                task.done.set()
+        for task in tasks:
+            task.done.wait()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            helpers, self._helpers = self._helpers, []
+        for t in helpers:
+            t.join(timeout=10.0)
+
+    def _claim(self, task: _Task) -> bool:
+        with self._cond:
+            if task.state != 0:
+                return False
+            task.state = 1
+            return True
+
+    @staticmethod
+    def _execute(task: _Task) -> None:
+        try:
+            task.value = task.fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the thread that asks for the result
+            task.error = exc
+        task.fn = None  # drop references to the frame's arrays
+        task.state = 2
+        task.done.set()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                task = self._queue.popleft()
+                if task.state != 0:  # taken over by the caller
+                    continue
+                task.state = 1
+            self._execute(task)
+
+
+def for_row_chunks(fn, n_rows: int, workers: RowWorkers | None = None) -> list:
+    """``fn(r0, r1)`` for consecutive blocks of at most :data:`ROWS_PER_CHUNK` rows; the results in order.
+
+    Blocks keep each pass's working set in cache (a whole-frame pass streams every plane through memory);
+    they have equal sizes (480 rows: 4 x 120), so per-thread scratch arrays keep their shape, and their
+    count is a multiple of the ``workers``' threads, which share them. Rows are independent, so the result
+    is the same as one call on all rows.
+    """
+    threads = workers.threads if workers is not None else 1
+    n = max(1, -(-n_rows // ROWS_PER_CHUNK))
+    n = -(-n // threads) * threads
+    step = max(1, -(-n_rows // n))
+    bounds = [(r, min(n_rows, r + step)) for r in range(0, n_rows, step)]
+    if threads == 1 or len(bounds) < 2:
+        return [fn(r0, r1) for r0, r1 in bounds]
+    return workers.map([lambda r0=r0, r1=r1: fn(r0, r1) for r0, r1 in bounds])
 
 
 @lru_cache(maxsize=8)
@@ -287,9 +430,11 @@ def fill_cloud(
     min_range_m: float = 0.0,
     max_range_m: float = float("inf"),
     out: np.ndarray | None = None,
+    workers: RowWorkers | None = None,
 ) -> tuple[np.ndarray, bool | None]:
     """:func:`cloud_from_depth` that also says whether the cloud is dense (no NaN ``x``), known for free
     from the range test: True/False, or None when it cannot tell without reading ``x`` (infinite max range).
+    ``workers``: share the row blocks with a helper thread (:class:`RowWorkers`).
     """
     depth = np.asarray(depth_m)
     if depth.ndim != 2:
@@ -310,7 +455,8 @@ def fill_cloud(
     if s > 1:
         rx, ry, n2, d = rx[::s, ::s], ry[::s, ::s], n2[::s, ::s], d[::s, ::s]  # [h,w]
     dtype = cloud_dtype(rgb is not None, nplanes is not None)
-    shape = (*d.shape, dtype.itemsize // 4)
+    k = dtype.itemsize // 4  # float32 slots per point: 8 (x,y,z,rgb|pad,nx,ny,nz,pad) or 4 (x,y,z,rgb|pad)
+    shape = (*d.shape, k)
     if out is None:
         block = np.empty(shape, dtype=np.float32)
     elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable:
@@ -321,25 +467,32 @@ def fill_cloud(
     rgb_s = None if rgb is None else np.asarray(rgb)[::s, ::s]  # [h,w,3]
     n_s = None if nplanes is None else [p[::s, ::s] if s > 1 else p for p in nplanes]  # [h,w] each
     min2, max2 = np.float32(min_range_m) ** 2, np.float32(max_range_m) ** 2
+    w = d.shape[1]
 
     def rows(r0: int, r1: int) -> bool:
         # Planar math on contiguous [rows,w] planes (per-thread scratch reused across frames), then one
-        # cv2.merge pass writes the interleaved block rows: the block (10 MB at 640x480) is streamed once
-        # instead of once per field (measured 1.4 vs 2.2 ms cold). Returns whether every point was kept.
-        hw = (r1 - r0, d.shape[1])
+        # cv2.merge pass writes the block rows: the block (10 MB at 640x480) is streamed once instead of
+        # once per field (measured 1.4 vs 2.2 ms cold). Measured slower in the node's sequence although
+        # faster alone: cv2.transpose of [8, n] planar rows; [1,W]/[H,1] ray axes instead of [H,W] ray
+        # planes (broadcasting costs more than the memory it saves). Returns whether every point was kept.
+        hw = (r1 - r0, w)
         dr = d[r0:r1]
-        r2, keep, drop = scratch.get("cloud.r2", hw), scratch.get("cloud.keep", hw, bool), scratch.get(
-            "cloud.drop", hw, bool)
+        r2 = scratch.get("cloud.r2", hw)
         with np.errstate(invalid="ignore"):
             np.multiply(dr, dr, out=r2)
             r2 *= n2[r0:r1]  # squared range
-            np.greater(dr, 0, out=keep)
-            keep &= np.greater_equal(r2, min2, out=drop)
-            keep &= np.less_equal(r2, max2, out=drop)
-        kept = bool(keep.all())
+            # all kept <=> min(d) > 0 and min2 <= r2 <= max2 everywhere: read-only reductions (NaN fails)
+            kept = dr.size == 0 or bool(dr.min() > 0 and r2.min() >= min2 and r2.max() <= max2)
+        drop = None
         dk = dr
         if not kept:  # NaN, <= 0 and out-of-range -> NaN point
+            keep, drop = scratch.get("cloud.keep", hw, bool), scratch.get("cloud.drop", hw, bool)
+            with np.errstate(invalid="ignore"):
+                np.greater(dr, 0, out=keep)
+                keep &= np.greater_equal(r2, min2, out=drop)
+                keep &= np.less_equal(r2, max2, out=drop)
             np.logical_not(keep, out=drop)
+        if not kept:
             dk = scratch.get("cloud.dk", hw)
             np.copyto(dk, dr)
             np.copyto(dk, np.float32(np.nan), where=drop)
@@ -357,10 +510,11 @@ def fill_cloud(
                 np.copyto(masked, np.float32(np.nan), where=drop)
                 src = masked
             fields.append(src)
-        fields += [_zeros(hw)] * (block.shape[2] - len(fields))  # padding
+        fields += [_zeros(hw)] * (k - len(fields))  # padding
         _merge(fields, block[r0:r1])
         return kept
 
-    all_kept = all(for_row_chunks(rows, d.shape[0]))
+    all_kept = all(for_row_chunks(rows, d.shape[0], workers))
     dense = (True if math.isfinite(max_range_m) else None) if all_kept else False
     return block.view(dtype).reshape(d.shape), dense
+

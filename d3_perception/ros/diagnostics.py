@@ -78,20 +78,35 @@ class Snapshot:
     inference_p95_ms: float
     stamp_age_ms: float  # age of the latest input stamp at its receipt
     seconds_since_input: float  # inf if never
+    input_period_ms: float  # smoothed interval between input frames (NaN until two arrived)
+    fresh_frame_waits: int  # times the worker waited for a fresher frame (wait_for_fresh_frame)
+    fresh_frame_timeouts: int  # ... of which no newer frame came in time (the stale one was processed)
     bad_input: dict[str, int]
     bad_input_recent: dict[str, int]  # since the previous snapshot
     last_problem: str
 
 
 class PipelineStats:
-    """Counters and windows; ``window`` samples for percentiles, ``rate_window_s`` for rates."""
+    """Counters and windows; ``window`` samples for percentiles, ``rate_window_s`` for rates.
 
-    def __init__(self, window: int = 300, rate_window_s: float = 5.0) -> None:
+    The input period is an exponential average (weight ``period_alpha`` per frame) of the intervals between
+    frame arrivals; an interval over :data:`PERIOD_OUTLIER` times the average (a pause of the stream) is left
+    out, unless three come in a row (the camera really slowed down: the average restarts from it).
+    """
+
+    PERIOD_OUTLIER = 4.0
+
+    def __init__(self, window: int = 300, rate_window_s: float = 5.0, period_alpha: float = 0.1) -> None:
         self._lock = threading.Lock()
         self.rate_window_s = rate_window_s
+        self.period_alpha = period_alpha
         self.frames_received = 0
         self.frames_processed = 0
         self.frames_dropped = 0
+        self.fresh_frame_waits = 0
+        self.fresh_frame_timeouts = 0
+        self._period_s = float("nan")
+        self._period_outliers = 0
         self._in_times: deque[float] = deque(maxlen=1000)
         self._out_times: deque[float] = deque(maxlen=1000)
         self._latency_ms: deque[float] = deque(maxlen=window)
@@ -106,9 +121,36 @@ class PipelineStats:
         now = time.monotonic() if now is None else now
         with self._lock:
             self.frames_received += 1
+            if self._last_input is not None:
+                self._update_period(now - self._last_input)
             self._in_times.append(now)
             self._last_input = now
             self._stamp_age_ms = stamp_age_ms
+
+    def _update_period(self, dt: float) -> None:
+        if dt <= 0:
+            return
+        if self._period_s != self._period_s:  # NaN: first interval
+            self._period_s = dt
+        elif dt <= self.PERIOD_OUTLIER * self._period_s:
+            self._period_outliers = 0
+            self._period_s += self.period_alpha * (dt - self._period_s)
+        else:
+            self._period_outliers += 1
+            if self._period_outliers >= 3:
+                self._period_s, self._period_outliers = dt, 0
+
+    def input_period_s(self) -> float | None:
+        """Smoothed interval between input frames in seconds; None until two frames arrived."""
+        with self._lock:
+            p = self._period_s
+        return p if p == p else None
+
+    def fresh_wait(self, timed_out: bool) -> None:
+        """The worker waited for a fresher frame; ``timed_out``: none came, the stale frame was processed."""
+        with self._lock:
+            self.fresh_frame_waits += 1
+            self.fresh_frame_timeouts += int(timed_out)
 
     def dropped(self, n: int = 1) -> None:
         with self._lock:
@@ -153,6 +195,9 @@ class PipelineStats:
                 inference_p95_ms=float(np.percentile(inf, 95)),
                 stamp_age_ms=self._stamp_age_ms,
                 seconds_since_input=(now - self._last_input) if self._last_input is not None else float("inf"),
+                input_period_ms=self._period_s * 1e3,
+                fresh_frame_waits=self.fresh_frame_waits,
+                fresh_frame_timeouts=self.fresh_frame_timeouts,
                 bad_input=dict(self.bad_input),
                 bad_input_recent=recent,
                 last_problem=self.last_problem,

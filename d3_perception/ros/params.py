@@ -58,6 +58,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               min=0.0, max=3600.0),
     ParamSpec("camera_info_timeout_s", 5.0, "camera_info received longer ago than this is not used; 0 = no limit",
               min=0.0, max=1e6),
+    ParamSpec("wait_for_fresh_frame", True, "when the worker frees up and the pending frame has waited longer "
+              "than fresh_frame_max_age_ratio x the input period, wait for the next frame (until 1.5 periods "
+              "after the pending one arrived) and process that one instead (the stale one counts as dropped): "
+              "caps the frame age added to latency at that fraction of a period while frames come on time, at "
+              "some throughput cost when the camera is faster than the model"),
+    ParamSpec("fresh_frame_max_age_ratio", 0.5, "wait_for_fresh_frame: a pending frame older than this fraction "
+              "of the input period (smoothed arrival interval) is stale; 0 = always wait for the next frame",
+              min=0.0, max=1.0),
     # outputs
     ParamSpec("publish_depth", True, "publish depth (32FC1 m; only when metric.mode != none)"),
     ParamSpec("publish_relative", True, "publish depth/relative (32FC1 in [0,1], 0 = near)"),
@@ -71,6 +79,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("colormap", "turbo", "colour map of depth/colored", choices=COLORMAPS),
     ParamSpec("normals_source", "model", "model (normals task) | depth (computed from depth)",
               choices=("model", "depth")),
+    ParamSpec("postprocess_threads", 2, "threads for the per-frame work after the model (normals, colour maps, "
+              "cloud): the worker plus helpers that take independent images and row blocks; 1 = the worker "
+              "alone", min=1, max=16),
     # cloud
     ParamSpec("cloud_stride", 1, "keep every n-th row and column of the organized cloud", min=1, max=64),
     ParamSpec("cloud_min_range_m", 0.1, "points closer than this are NaN", min=0.0, max=1e4),
@@ -139,6 +150,8 @@ class NodeConfig:
     max_input_pixels: int
     max_stamp_age_s: float
     camera_info_timeout_s: float
+    wait_for_fresh_frame: bool
+    fresh_frame_max_age_ratio: float
     publish_depth: bool
     publish_relative: bool
     publish_camera_info: bool
@@ -150,6 +163,7 @@ class NodeConfig:
     output_scale: float
     colormap: str
     normals_source: str
+    postprocess_threads: int
     cloud_stride: int
     cloud_min_range_m: float
     cloud_max_range_m: float
@@ -212,7 +226,8 @@ def config_from_values(values: dict[str, Any]) -> NodeConfig:
     kwargs = {f.name: v[f.name] for f in fields(NodeConfig)
               if f.name not in ("metric", "metric_sync_tolerance_s", "fallback_backends")}
     for name in ("output_scale", "cloud_min_range_m", "cloud_max_range_m", "max_stamp_age_s",
-                 "camera_info_timeout_s", "diagnostics_period_s", "stale_timeout_s", "warn_throttle_s"):
+                 "camera_info_timeout_s", "fresh_frame_max_age_ratio", "diagnostics_period_s", "stale_timeout_s",
+                 "warn_throttle_s"):
         kwargs[name] = float(kwargs[name])
     fallback = tuple(str(b) for b in v["fallback_backends"] if str(b))
     return NodeConfig(metric=metric, metric_sync_tolerance_s=float(v["metric.sync_tolerance_s"]),

@@ -89,6 +89,8 @@ def test_rgb8_frame_gives_every_output_with_input_header(ros_env, rclpy_context,
 
         colored = client.by_stamp("depth/colored", stamp)
         assert colored.encoding == "bgr8" and (colored.height, colored.width) == (H, W)
+        near = (np.clip(np.float32(1.0) - expected_rel, 0, 1) * np.float32(255.0)).astype(np.uint8)
+        np.testing.assert_array_equal(msg_to_numpy(colored), cv2.applyColorMap(near, cv2.COLORMAP_TURBO))
 
         pinfo = client.by_stamp("d3_perception_node/info", stamp)
         assert pinfo.backend == "fake_gt" and pinfo.model_id == "fake-gt" and pinfo.metric_mode == "fixed"

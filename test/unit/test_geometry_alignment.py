@@ -102,3 +102,49 @@ def test_apply_marks_non_positive_depth_invalid():
 def test_metric_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MetricConfig(**kwargs)
+
+
+def _reference_robust(p, t, thr, iterations=64, irls=5, sample=2000, seed=0):
+    """The fit as first written (float64 scoring one matrix at a time, np.polyfit-style sums): the fast
+    path must give the same numbers up to rounding."""
+    rng = np.random.default_rng(seed)
+    sub = rng.choice(p.size, size=sample, replace=False) if p.size > sample else slice(None)
+    i, j = rng.integers(0, p.size, size=(2, iterations))
+    ok = np.abs(p[i] - p[j]) >= 1e-9
+    s = (t[i[ok]] - t[j[ok]]) / (p[i[ok]] - p[j[ok]])
+    c = t[i[ok]] - s * p[i[ok]]
+    k = np.argmax((np.abs(s[:, None] * p[sub] + c[:, None] - t[sub]) < thr).sum(axis=1))
+    inl = np.abs(s[k] * p + c[k] - t) < thr
+    pi, ti, w = p[inl], t[inl], np.ones(inl.sum())
+    for _ in range(irls + 1):
+        mp, mt = np.average(pi, weights=w), np.average(ti, weights=w)
+        scale = (w * (pi - mp) * (ti - mt)).sum() / (w * (pi - mp) ** 2).sum()
+        shift = mt - scale * mp
+        w = np.minimum(1.0, thr / np.maximum(np.abs(scale * pi + shift - ti), 1e-12))
+    return scale, shift, 1.4826 * np.median(np.abs(scale * pi + shift - ti))
+
+
+@pytest.mark.parametrize("noise, outliers", [(0.0, 0.0), (0.02, 0.0), (0.02, 0.3), (0.05, 0.5)])
+def test_robust_fit_equals_the_reference_algorithm_up_to_rounding(noise, outliers):
+    rng = np.random.default_rng(7)
+    p = rng.uniform(0, 1, 12000)
+    t = 4.0 * p + 0.5 + (rng.normal(0, noise, p.size) if noise else 0.0)
+    bad = rng.random(p.size) < outliers
+    t[bad] = rng.uniform(0.1, 20.0, bad.sum())
+    thr = max(0.01, 0.05 * float(np.median(t)))
+    s, b, r = fit_scale_shift_robust(p, t, min_points=50)
+    rs, rb, rr = _reference_robust(p, t, thr)
+    assert s == pytest.approx(rs, rel=1e-9) and b == pytest.approx(rb, rel=1e-9, abs=1e-12)
+    assert r == pytest.approx(rr, rel=1e-6, abs=1e-12)
+    assert s == pytest.approx(4.0, rel=0.01) and b == pytest.approx(0.5, abs=0.02)
+
+
+def test_least_squares_on_many_points_matches_polyfit():
+    # more points than one BLAS call takes (the sums are then done in column blocks)
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.2, 0.9, 200_000)
+    t = 2.5 * p + 1.25 + rng.normal(0, 0.05, p.size)
+    s, b, r = fit_scale_shift(p, t)
+    ps, pb = np.polyfit(p, t, 1)
+    assert s == pytest.approx(ps, rel=1e-10) and b == pytest.approx(pb, rel=1e-10)
+    assert r == pytest.approx(0.05, rel=0.05)

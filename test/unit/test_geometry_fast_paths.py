@@ -67,3 +67,27 @@ def test_metric_apply_into_a_buffer_matches_a_fresh_result():
     assert out is buf
     np.testing.assert_array_equal(buf, MetricAligner.apply(rel, res))
     assert np.isnan(buf[3, 3])
+
+
+@pytest.mark.parametrize("convention", ["opengl", "optical"])
+@pytest.mark.parametrize("with_k", [True, False])
+def test_unit_model_normals_skip_the_renormalisation_but_still_nan_invalid_vectors(convention, with_k):
+    k = K if with_k else None
+    n = RNG.normal(size=(3, *HW)).astype(np.float32)
+    n /= np.linalg.norm(n, axis=0)  # unit, as backends return them
+    ref = np.stack(to_optical_frame_planes(n, convention, k))
+    fast = np.stack(to_optical_frame_planes(n, convention, k, normalise=False))
+    np.testing.assert_allclose(fast, ref, rtol=0, atol=3e-7)  # only the renormalisation's rounding differs
+    assert np.array_equal(np.signbit(fast), np.signbit(ref))  # same camera-facing flips
+    n[:, 0, 0] = 0.0
+    n[1, 5, 5], n[0, 6, 6], n[2, 200, 7] = np.nan, np.inf, -np.inf
+    n[:, 9, 9] = (1.0, 0.0, 0.0)  # valid, but n_z = 0 (the test without rays): the exact check keeps it
+    fast = np.stack(to_optical_frame_planes(n, convention, k, normalise=False))
+    np.testing.assert_array_equal(np.abs(fast[:, 9, 9]), [1.0, 0.0, 0.0])
+    for v, u in ((0, 0), (5, 5), (6, 6), (200, 7)):
+        assert np.isnan(fast[:, v, u]).all(), (v, u)
+    bad = np.zeros(HW, bool)
+    bad[0, 0] = bad[5, 5] = bad[6, 6] = bad[200, 7] = True
+    assert not np.isnan(fast[:, ~bad]).any()
+    np.testing.assert_allclose(fast[:, ~bad], np.stack(to_optical_frame_planes(n, convention, k))[:, ~bad],
+                               rtol=0, atol=3e-7)
