@@ -8,14 +8,17 @@ import json
 import pytest
 
 from d3_training.experiments import Budget, run_all, table, variants
-from d3_training.experiments.runner import SMOKE
+from d3_training.experiments.runner import QUICK, SMOKE
 
 
-def test_variants_cover_the_three_questions():
-    names = [v[0] for v in variants(Budget())]
+@pytest.mark.parametrize("budget", [Budget(), QUICK], ids=["full", "quick"])
+def test_variants_cover_the_three_questions(budget):
+    names = [v[0] for v in variants(budget)]
     assert {"two_stage", "task_only", "joint", "two_stage_half_data"} <= set(names)
-    assert len(Budget().teacher_budgets) >= 3 and len(Budget().seeds) >= 3
-    half = dict((v[0], v[3]) for v in variants(Budget()))
+    assert len(budget.teacher_budgets) >= 3 and len(budget.seeds) >= 3
+    assert budget.default_teacher in budget.teacher_budgets
+    assert 0 < budget.stage1_steps < budget.d3_steps
+    half = dict((v[0], v[3]) for v in variants(budget))
     assert half["two_stage_half_data"] * 2 == half["task_only"]
 
 
