@@ -2,11 +2,10 @@
 
 Stages of the node's worker thread, in the node's order (the same calls, D3PerceptionNode._process in
 sparse_depth mode with model normals): decode (Image msg -> rgb), side_jobs (hand the model normals ->
-three optical-frame planes + the normals image, and the colour map, to the helper threads of
-``postprocess_threads``; with one thread: compute them), metric_fit (robust sparse fit + apply into the
-depth message buffer, while the helpers work), side_wait (for the normals the cloud needs), cloud
-(back-projection + organized cloud written into the PointCloud2 buffer, rows shared with the helpers; then
-the colour map's end), packing (depth, relative, colored, normals, camera_info and PointCloud2 messages).
+three optical-frame planes + the normals image to the helper threads of ``postprocess_threads``; with one
+thread: compute them), metric_fit (robust sparse fit + apply into the depth message buffer, then the colour
+map, while the helpers work), side_wait (for the normals the cloud needs), cloud (back-projection +
+organized cloud written into the PointCloud2 buffer, rows shared with the helpers), packing (depth, relative, colored, normals, camera_info and PointCloud2 messages).
 Wall time per stage and total, the CPU time per frame of all threads and of the worker thread (the cores
 are shared), for the node's default thread count and, interleaved, ``--compare-threads``; the messages of
 both must be byte-identical. Peer, measured in the same run:
@@ -80,27 +79,22 @@ def ours(image_msg, relative, normals_chw, sparse, K, aligner, timings, pool, wo
     rgb = to_rgb8(conv.msg_to_numpy(image_msg, 8_294_400), image_msg.encoding)
     t.append(time.perf_counter())
     # as the node (D3PerceptionNode._process, sparse_depth mode, model normals): the helper threads of
-    # `workers` start on the model normals (+ normals image) and the colour map while this thread fits the
-    # metric scale, then all share the cloud rows; outputs are computed straight into the message buffers
+    # `workers` start on the model normals (+ normals image) while this thread fits the metric scale and
+    # makes the colour map, then all share the cloud rows; outputs are computed straight into the message buffers
     # of `pool`, reused across frames, so packing a message copies nothing
     side = _Side(pool, WANT, (H, W), relative, "turbo", planes=True)
     with workers.batch() as submit:
         normals_job = submit(functools.partial(side.normals, normals_chw, "opengl", K))
-        colored_here = workers.threads > 1  # as the node: with helpers, this thread colours after its fit
-        colored_job = None if colored_here else submit(side.colored)
         t.append(time.perf_counter())  # side_jobs: submitting (with one thread: running) them
         res = aligner.update(relative, sparse)
         depth_m = MetricAligner.apply(relative, res, out=pool.view("depth", relative.shape, np.float32)[1])
-        if colored_here:
-            side.colored()
+        side.colored()
         t.append(time.perf_counter())
         normals = workers.result(normals_job)
         t.append(time.perf_counter())  # side_wait: for the normals the cloud needs
         buf, block = pool.float32_block("points", (H, W, CLOUD_DTYPE.itemsize // 4))
         cloud, dense = fill_cloud(depth_m, K, rgb, normals, min_range_m=0.1, max_range_m=20.0, out=block,
                                   workers=workers)
-        if colored_job is not None:
-            workers.result(colored_job)
         t.append(time.perf_counter())
     images = side.images
     msgs = [conv.numpy_to_msg(relative, "32FC1", header, pool, "relative"),

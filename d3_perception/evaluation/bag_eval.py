@@ -380,17 +380,21 @@ class _Evaluator:
         cfg = self.cfg
         if cfg.metric_mode == "none":
             return rel.astype(np.float32, copy=True), 1.0, 0.0, "ok"
-        if cfg.metric_mode == "per_frame":
-            if not math.isfinite(fit[0]):
-                return None, math.nan, math.nan, "no_metric"
-            return self._apply(rel, *fit), fit[0], fit[1], "ok"
-        if cfg.metric_mode == "global":
-            scale, shift = self._global
-            return self._apply(rel, scale, shift), scale, shift, "ok"
+        if cfg.metric_mode in ("per_frame", "global"):
+            scale, shift, status = self._affine(fit)
+            return (self._apply(rel, scale, shift) if status == "ok" else None), scale, shift, status
         result: AlignmentResult = self.aligner.update(rel, frame.sparse_m)
         if not result.is_metric:
             return None, math.nan, math.nan, "no_metric"
         return MetricAligner.apply(rel, result), result.scale, result.shift, "ok"
+
+    def _affine(self, fit: tuple[float, float]) -> tuple[float, float, str]:
+        """``scale, shift, status`` of the element-wise modes (per_frame: this frame's ``fit``; global)."""
+        if self.cfg.metric_mode == "global":
+            return (*self._global, "ok")
+        if not math.isfinite(fit[0]):
+            return math.nan, math.nan, "no_metric"
+        return fit[0], fit[1], "ok"
 
     def _apply(self, rel: np.ndarray, scale: float, shift: float, work: Workspace | None = None) -> np.ndarray:
         """``scale * rel + shift`` in float64 (inverted in disparity space) -> float32 metres, NaN where not > 0.
@@ -465,8 +469,7 @@ class _Evaluator:
         # bag needs it. per_frame/global are element-wise, so only the valid pixels are computed for the metrics.
         metric = metric_v = None
         if cfg.metric_mode in ("per_frame", "global"):
-            scale, shift = self._global if cfg.metric_mode == "global" else (fit_scale, fit_shift)
-            status = "ok" if cfg.metric_mode == "global" or math.isfinite(scale) else "no_metric"
+            scale, shift, status = self._affine((fit_scale, fit_shift))
             if status == "ok":
                 metric_v = self._apply(rel_v, scale, shift, work) if n_valid else None
                 if montage or self.writer is not None:

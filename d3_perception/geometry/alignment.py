@@ -68,13 +68,29 @@ def _gemm_nt(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return sum(x[:, i:i + step] @ y[:, i:i + step].T for i in range(0, n, step))
 
 
-def _lstsq(p: np.ndarray, t: np.ndarray, w: np.ndarray | None = None) -> tuple[float, float]:
-    """Closed-form (weighted) 2-parameter least squares ``scale * p + shift ≈ t`` (float64 vectors)."""
-    p0, t0 = float(p.mean()), float(t.mean())  # centre: the moments below then cancel nothing
+def _centred(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """``[p - p0; t - t0; 1]`` ``[3,n]`` float64 with ``p0, t0`` the means (centred, the moments of
+    :func:`_centred_lstsq` cancel nothing), and ``p0, t0``."""
+    p0, t0 = float(p.mean()), float(t.mean())
     data = np.empty((3, p.size))
     np.subtract(p, p0, out=data[0])
     np.subtract(t, t0, out=data[1])
     data[2] = 1.0
+    return data, p0, t0
+
+
+def _abs_residual(p: np.ndarray, t: np.ndarray, scale: float, shift: float, out: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """``|scale * p + shift - t|`` (into ``out`` if given)."""
+    r = np.multiply(p, scale, out=out)
+    r += shift
+    r -= t
+    return np.abs(r, out=r)
+
+
+def _lstsq(p: np.ndarray, t: np.ndarray, w: np.ndarray | None = None) -> tuple[float, float]:
+    """Closed-form (weighted) 2-parameter least squares ``scale * p + shift ≈ t`` (float64 vectors)."""
+    data, p0, t0 = _centred(p, t)
     weights = None
     if w is not None:
         weights = np.empty((2, p.size))
@@ -178,31 +194,21 @@ def _robust_pairs(p, t, min_points=20, ransac_iterations=64, inlier_threshold_m=
             counts += cv2.reduce(inl, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S)[:, 0]  # row sums (numpy's: ~5x slower)
         k = int(np.argmax(counts))
         best = (float(s[k]), float(c[k]))
-    best_inliers = None
-    if best is not None:
-        r = np.multiply(p, best[0])
-        r += best[1]
-        r -= t
-        best_inliers = np.abs(r, out=r) < thr
+    best_inliers = None if best is None else _abs_residual(p, t, *best) < thr
     best_count = int(np.count_nonzero(best_inliers)) if best_inliers is not None else 0
     if best_inliers is None or best_count < max(2, min_points // 2):
         raise ValueError(f"no consistent scale/shift: best RANSAC model has {max(best_count, 0)} inliers "
                          f"of {p.size} (threshold {thr:.3f} m)")
     # IRLS on the inliers, centred once (every fit below is in the centred frame)
     pi, ti = p[best_inliers], t[best_inliers]
-    p0, t0 = float(pi.mean()), float(ti.mean())
-    data = np.empty((3, pi.size))
-    pc, tc = np.subtract(pi, p0, out=data[0]), np.subtract(ti, t0, out=data[1])
-    data[2] = 1.0
+    data, p0, t0 = _centred(pi, ti)
+    pc, tc = data[0], data[1]
     weights = np.empty((2, pi.size))
     r, w = np.empty_like(pc), weights[0]
     scale, shift = _centred_lstsq(data)
     floor, weighted = max(thr, 1e-12), False
     for _ in range(irls_iterations):
-        np.multiply(pc, scale, out=r)
-        r += shift
-        r -= tc
-        np.abs(r, out=r)
+        _abs_residual(pc, tc, scale, shift, out=r)
         if float(r.max()) <= floor:  # every Huber weight is equal: the least-squares fit, a fixed point
             if not weighted:
                 break
@@ -213,10 +219,7 @@ def _robust_pairs(p, t, min_points=20, ransac_iterations=64, inlier_threshold_m=
         np.divide(thr, np.maximum(r, floor, out=w), out=w)
         scale, shift = _centred_lstsq(data, weights)
         weighted = True
-    np.multiply(pc, scale, out=r)
-    r += shift
-    r -= tc
-    residual = 1.4826 * float(np.median(np.abs(r, out=r), overwrite_input=True))
+    residual = 1.4826 * float(np.median(_abs_residual(pc, tc, scale, shift, out=r), overwrite_input=True))
     return scale, shift + t0 - scale * p0, residual
 
 

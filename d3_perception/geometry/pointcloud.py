@@ -492,7 +492,6 @@ def fill_cloud(
                 keep &= np.greater_equal(r2, min2, out=drop)
                 keep &= np.less_equal(r2, max2, out=drop)
             np.logical_not(keep, out=drop)
-        if not kept:
             dk = scratch.get("cloud.dk", hw)
             np.copyto(dk, dr)
             np.copyto(dk, np.float32(np.nan), where=drop)
@@ -517,4 +516,3 @@ def fill_cloud(
     all_kept = all(for_row_chunks(rows, d.shape[0], workers))
     dense = (True if math.isfinite(max_range_m) else None) if all_kept else False
     return block.view(dtype).reshape(d.shape), dense
-

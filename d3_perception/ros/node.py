@@ -660,7 +660,7 @@ class D3PerceptionNode(LifecycleNode):
                 normals_job = submit(functools.partial(side.normals, model_n, self._normals_convention, K))
             # with a fit, the helper has the normals and this thread takes the colour map after its (shorter)
             # fit, so that both are free for the cloud rows at about the same time
-            colored_here = want["colored"] and normals_job is not None and workers.threads > 1
+            colored_here = want["colored"] and normals_job is not None
             colored_job = submit(side.colored) if want["colored"] and not colored_here else None
             align = AlignmentResult(math.nan, math.nan, math.nan, 0, "off")
             if relative is not None:

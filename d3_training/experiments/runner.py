@@ -20,7 +20,7 @@ import json
 import logging
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -176,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     b = SMOKE if args.smoke else QUICK if args.quick else Budget()
     if args.seeds:
-        b = Budget(**{**b.__dict__, "seeds": tuple(args.seeds)})
+        b = replace(b, seeds=tuple(args.seeds))
     if args.d3_steps:
-        b = Budget(**{**b.__dict__, "d3_steps": args.d3_steps})
+        b = replace(b, d3_steps=args.d3_steps)
     if args.threads:
-        b = Budget(**{**b.__dict__, "threads": args.threads})
+        b = replace(b, threads=args.threads)
     from d3_training.config import ConfigError
     from d3_training.trainer import TrainingError
 
