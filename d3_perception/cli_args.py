@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable
 
 
@@ -12,6 +13,20 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def run_cli(prog: str, body: Callable[[], int], errors: tuple[type[BaseException], ...], *,
+            interrupted: str = "interrupted", error_code: int = 2) -> int:
+    """``body()``'s exit code; an expected error becomes ``prog: error: <reason on one line>`` and
+    ``error_code``, Ctrl-C becomes ``prog: <interrupted>`` and 130. Anything else is a bug: its traceback stays."""
+    try:
+        return body()
+    except errors as exc:
+        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return error_code
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130
 
 
 def positive_float(text: str) -> float:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from d3_perception.backends.onnx_io import DEFAULT_OPSET, EXPORTERS, export_onnx
+from d3_perception.cli_args import run_cli
 
 __all__ = ["build_tensorrt_engine", "export_onnx", "main", "parity_report"]
 
@@ -122,14 +123,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        return _run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"d3-export: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("d3-export: interrupted", file=sys.stderr)
-        return 130
+    return run_cli("d3-export", lambda: _run(args), (ValueError, FileNotFoundError, RuntimeError))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -34,36 +34,37 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from d3_training.config import ConfigError, load_config
+    from d3_perception.cli_args import run_cli
+    from d3_training.config import ConfigError
     from d3_training.data import DataError
     from d3_training.trainer import TrainingError
 
-    try:
-        if args.resume:
-            if args.config or args.overrides:
-                raise ConfigError("`--resume` reads the run's stored config; got --config/overrides as well")
-            cfg = load_config(None, [f"run.output_dir={args.resume}"])
-        elif args.config:
-            cfg = load_config(args.config, args.overrides)
-        else:
-            raise ConfigError("`--config` or `--resume` must be given; got neither (see --help)")
-        if args.estimate_memory:
-            from d3_training.memory import estimate_for_config, format_estimate
+    return run_cli("d3-train", lambda: _run(args), (ConfigError, DataError, TrainingError, FileNotFoundError),
+                   interrupted="interrupted (resume with --resume RUN_DIR)")
 
-            print(format_estimate(estimate_for_config(cfg)))
-            return 0
-        from d3_training.pipeline import run_pipeline
 
-        out = run_pipeline(cfg, resume=bool(args.resume), export=not args.no_export, one_pass=not args.three_pass)
-        if out is not None:
-            print(f"exported checkpoint: {out}")
+def _run(args: argparse.Namespace) -> int:
+    from d3_training.config import ConfigError, load_config
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise ConfigError("`--resume` reads the run's stored config; got --config/overrides as well")
+        cfg = load_config(None, [f"run.output_dir={args.resume}"])
+    elif args.config:
+        cfg = load_config(args.config, args.overrides)
+    else:
+        raise ConfigError("`--config` or `--resume` must be given; got neither (see --help)")
+    if args.estimate_memory:
+        from d3_training.memory import estimate_for_config, format_estimate
+
+        print(format_estimate(estimate_for_config(cfg)))
         return 0
-    except (ConfigError, DataError, TrainingError, FileNotFoundError) as exc:
-        print(f"d3-train: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("d3-train: interrupted (resume with --resume RUN_DIR)", file=sys.stderr)
-        return 130
+    from d3_training.pipeline import run_pipeline
+
+    out = run_pipeline(cfg, resume=bool(args.resume), export=not args.no_export, one_pass=not args.three_pass)
+    if out is not None:
+        print(f"exported checkpoint: {out}")
+    return 0
 
 
 if __name__ == "__main__":

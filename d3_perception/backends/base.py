@@ -34,6 +34,9 @@ class Backend(abc.ABC):
 
     info: BackendInfo
     config: ModelConfig  # the checkpoint's config (normals_convention, input_range, processing_resolution, ...)
+    #: True when ``predict`` guarantees unit normals (the built-in backends: ``postprocess`` renormalises), so
+    #: consumers may skip renormalising; plugin backends that leave it False get renormalised by the node.
+    unit_normals: bool = False
 
     @abc.abstractmethod
     def predict(self, images: np.ndarray, tasks: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:

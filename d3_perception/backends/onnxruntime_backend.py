@@ -91,6 +91,8 @@ def _auto_exporter(checkpoint_dir: Path) -> str:
 class OnnxRuntimeBackend(Backend):
     """``predict`` = shared numpy pre-processing -> ``session.run`` -> shared post-processing."""
 
+    unit_normals = True  # predict() ends in processing.postprocess, which renormalises
+
     def __init__(self, checkpoint: str | os.PathLike, *, device: str | None = None, precision: str = "fp32",
                  processing_resolution: int | None = None, tasks: tuple[str, ...] | None = None,
                  cache_dir: str | os.PathLike | None = None, onnx_path: str | os.PathLike | None = None,

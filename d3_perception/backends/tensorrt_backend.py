@@ -147,6 +147,8 @@ class TensorRTBackend(Backend):
     and ``tensorrt_version``.
     """
 
+    unit_normals = True  # predict() ends in processing.postprocess, which renormalises
+
     def __init__(self, checkpoint: str | os.PathLike, *, device: str | None = None, precision: str = "fp16",
                  processing_resolution: int | None = None, tasks: tuple[str, ...] | None = None,
                  cache_dir: str | os.PathLike | None = None, onnx_path: str | os.PathLike | None = None,

@@ -23,6 +23,8 @@ class TorchBackend(Backend):
     dtype; fp16 is refused on the CPU (PyTorch's CPU fp16 kernels are about 1000x slower than fp32 there).
     """
 
+    unit_normals = True  # predict() ends in processing.postprocess, which renormalises
+
     def __init__(self, checkpoint: str | os.PathLike, *, device: str | None = None, precision: str = "fp32",
                  processing_resolution: int | None = None, tasks: tuple[str, ...] | None = None,
                  batch_size: int = 4) -> None:

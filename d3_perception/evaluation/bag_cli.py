@@ -9,6 +9,8 @@ import math
 import sys
 from pathlib import Path
 
+from d3_perception.cli_args import run_cli
+
 __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger(__name__)
@@ -188,14 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from d3_perception.evaluation.bag_source import BagError
 
-    try:
-        return _run(args)
-    except (BagError, _UsageError, ValueError, FileExistsError, FileNotFoundError) as exc:
-        print(f"d3-eval-bag: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("d3-eval-bag: interrupted; no report written", file=sys.stderr)
-        return 130
+    return run_cli("d3-eval-bag", lambda: _run(args),
+                   (BagError, _UsageError, ValueError, FileExistsError, FileNotFoundError),
+                   interrupted="interrupted; no report written")
 
 
 if __name__ == "__main__":

@@ -31,12 +31,12 @@ from d3_perception.evaluation.metrics import (
     DEPTH_METRICS,
     NormalErrorAccumulator,
     Workspace,
-    _buffer,
-    _vdot,
     depth_metrics_flat,
     fit_flat,
     mean_metrics,
     normal_angles_deg,
+    scratch,
+    vdot,
 )
 from d3_perception.geometry.alignment import AlignmentResult, MetricAligner, MetricConfig
 
@@ -257,12 +257,12 @@ class _Accumulators:
         n = rel_err.size
         nb = len(REL_ERROR_BINS)
         nd = len(self.depth_sum)
-        err = np.multiply(rel_err, nb - 1, out=_buffer(work, "acc_err", n, np.float32))  # [M] error bin
+        err = np.multiply(rel_err, nb - 1, out=scratch(work, "acc_err", n, np.float32))  # [M] error bin
         np.clip(err, 0, nb - 1, out=err)  # errors >= 1 (and inf) go to the last bin
         np.floor(err, out=err)
         # Log-spaced bins: the bin index is affine in log(gt) (cheaper than a search over the edges). Depths outside
         # the edges go to two extra bins (0 and nd+1) that are dropped, so nothing has to be gathered.
-        cell = np.subtract(log_gt, _LOG_D0, out=_buffer(work, "acc_cell", n, np.float32))  # [M]
+        cell = np.subtract(log_gt, _LOG_D0, out=scratch(work, "acc_cell", n, np.float32))  # [M]
         np.divide(cell, _LOG_DSTEP, out=cell)
         np.floor(cell, out=cell)
         np.clip(cell, -1, nd, out=cell)
@@ -275,13 +275,13 @@ class _Accumulators:
         if self._lanes.size < n:
             self._lanes = ((np.arange(n) % _HIST_LANES) * cells).astype(np.float32)
         np.add(cell, self._lanes[:n], out=cell)
-        idx = _buffer(work, "acc_idx", n, np.intp)  # np.bincount takes intp without a copy
+        idx = scratch(work, "acc_idx", n, np.intp)  # np.bincount takes intp without a copy
         np.copyto(idx, cell, casting="unsafe")
         shape = (_HIST_LANES, nd + 2, nb)  # [lane, depth bin + 1, error bin]
         counts = np.bincount(idx, minlength=_HIST_LANES * cells).reshape(shape).sum(axis=0)
         self.error_hist += counts.sum(axis=0)
         self.depth_count += counts[1 : nd + 1].sum(axis=1)
-        weights = _buffer(work, "acc_weights", n, np.float64)  # np.bincount would make this float64 copy itself
+        weights = scratch(work, "acc_weights", n, np.float64)  # np.bincount would make this float64 copy itself
         np.copyto(weights, rel_err)
         sums = np.bincount(idx, weights=weights, minlength=_HIST_LANES * cells).reshape(shape).sum(axis=0)
         self.depth_sum += sums[1 : nd + 1].sum(axis=1)
@@ -362,7 +362,7 @@ class _Evaluator:
         if self.cfg.alignment_space == "disparity":
             t = np.divide(1.0, t, out=self.work.get("global_target", n, t.dtype))  # [M] 1/m, in the GT's dtype
         f64 = np.float64
-        self.global_sums += (n, np.sum(p, dtype=f64), np.sum(t, dtype=f64), _vdot(p, p), _vdot(p, t))
+        self.global_sums += (n, np.sum(p, dtype=f64), np.sum(t, dtype=f64), vdot(p, p), vdot(p, t))
 
     def global_fit(self) -> tuple[float, float]:
         n, sp, st, spp, spt = self.global_sums
@@ -403,17 +403,17 @@ class _Evaluator:
         ``work`` the result and its temporaries are workspace buffers.
         """
         n = rel.size
-        lin = _buffer(work, "apply_f64", n, np.float64).reshape(rel.shape)
+        lin = scratch(work, "apply_f64", n, np.float64).reshape(rel.shape)
         np.multiply(rel, scale, out=lin, dtype=np.float64)
         np.add(lin, shift, out=lin)
-        flag = _buffer(work, "apply_flag", n, np.bool_).reshape(rel.shape)
+        flag = scratch(work, "apply_flag", n, np.bool_).reshape(rel.shape)
         with np.errstate(divide="ignore", invalid="ignore"):
             if self.cfg.alignment_space == "disparity":
                 np.less_equal(lin, 0, out=flag)  # NaN stays NaN below
                 np.maximum(lin, 1e-12, out=lin)
                 np.divide(1.0, lin, out=lin)
                 np.copyto(lin, np.nan, where=flag)
-            metric = _buffer(work, "metric_v", n, np.float32).reshape(rel.shape)
+            metric = scratch(work, "metric_v", n, np.float32).reshape(rel.shape)
             np.copyto(metric, lin, casting="same_kind")
             np.greater(metric, 0, out=flag)
             np.logical_not(flag, out=flag)

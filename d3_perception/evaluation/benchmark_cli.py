@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from d3_perception.cli_args import run_cli
+
 __all__ = ["PUBLISHED_PATH", "build_parser", "evaluate_dataset", "main", "render_markdown"]
 
 logger = logging.getLogger(__name__)
@@ -337,14 +339,8 @@ def _create_backend(args: argparse.Namespace, resolution: int | None = None):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _run(args)
-    except (ValueError, OSError) as exc:  # DatasetError is a ValueError
-        print(f"d3-eval: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("d3-eval: interrupted; no report written", file=sys.stderr)
-        return 130
+    # DatasetError is a ValueError
+    return run_cli("d3-eval", lambda: _run(args), (ValueError, OSError), interrupted="interrupted; no report written")
 
 
 if __name__ == "__main__":

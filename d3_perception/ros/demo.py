@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from d3_perception.cli_args import OneLineErrorParser, image_size, positive_float
+from d3_perception.cli_args import OneLineErrorParser, image_size, positive_float, run_cli
 
 __all__ = ["DEMO_LAUNCH_ARGUMENTS", "DemoArgument", "demo_specs", "main"]
 
@@ -327,13 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     try:
-        return _run(args)
-    except DemoError as exc:
-        print(f"d3-demo: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("d3-demo: interrupted; stopped everything it started", file=sys.stderr)
-        return 130
+        return run_cli("d3-demo", lambda: _run(args), (DemoError,),
+                       interrupted="interrupted; stopped everything it started", error_code=1)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

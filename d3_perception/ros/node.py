@@ -173,11 +173,12 @@ class _Side:
     def colored(self) -> None:
         self.images["colored"] = D3PerceptionNode._colorize(self._relative, self._colormap, out=self._colored)
 
-    def normals(self, model_normals, convention: str, K, workers: RowWorkers | None = None, images: bool = True):
-        """Model normals -> three optical-frame planes (+ their images unless ``images`` is False)."""
-        # backend normals are unit vectors (Backend contract; postprocess renormalises): not renormalised here
+    def normals(self, model_normals, convention: str, K, workers: RowWorkers | None = None, images: bool = True,
+                normalise: bool = False):
+        """Model normals -> three optical-frame planes (+ their images unless ``images`` is False).
+        ``normalise``: renormalise (a plugin backend that does not promise ``unit_normals``)."""
         planes = to_optical_frame_planes(model_normals, convention, K, out=self._planes, workers=workers,
-                                         normalise=False)
+                                         normalise=normalise)
         if images:
             self.normals_images(planes)
         return planes
@@ -216,6 +217,7 @@ class D3PerceptionNode(LifecycleNode):
         self._backend_lock = threading.Lock()
         self._checkpoint = ""
         self._normals_convention = "optical"
+        self._renormalise = True  # model normals renormalised unless the backend promises unit_normals
         self._fallback_queue: list[str] = []
         self._failures = 0
         self._backend_switches = 0
@@ -317,6 +319,7 @@ class D3PerceptionNode(LifecycleNode):
         with self._backend_lock:
             old, self._backend = self._backend, backend
             self._normals_convention = _normals_convention(backend, self._checkpoint)
+            self._renormalise = not getattr(backend, "unit_normals", False)
             self._failures = 0
         if old is not None and old is not backend:
             old.close()
@@ -656,8 +659,9 @@ class D3PerceptionNode(LifecycleNode):
         side = _Side(pool, want, out_hw, relative, cfg.colormap, planes=model_n is not None)
         with workers.batch() as submit:  # on any exit every job is finished or cancelled: buffers are free
             normals_job = None
+            convention, renormalise = self._normals_convention, self._renormalise  # of the backend that ran
             if model_n is not None and fit:
-                normals_job = submit(functools.partial(side.normals, model_n, self._normals_convention, K))
+                normals_job = submit(functools.partial(side.normals, model_n, convention, K, normalise=renormalise))
             # with a fit, the helper has the normals and this thread takes the colour map after its (shorter)
             # fit, so that both are free for the cloud rows at about the same time
             colored_here = want["colored"] and normals_job is not None
@@ -680,7 +684,8 @@ class D3PerceptionNode(LifecycleNode):
             if normals_job is not None:
                 normals = workers.result(normals_job)
             elif model_n is not None:  # no fit to overlap with: all threads share the rows
-                normals = side.normals(model_n, self._normals_convention, K, workers=workers, images=False)
+                normals = side.normals(model_n, convention, K, workers=workers, images=False,
+                                       normalise=renormalise)
                 images_job = submit(functools.partial(side.normals_images, normals))
             elif need_normals and relative is not None:
                 geo_depth = depth_m if depth_m is not None else self._range_depth(relative, cfg)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from d3_perception.cli_args import OneLineErrorParser, image_size, positive_float, positive_int
+from d3_perception.cli_args import OneLineErrorParser, image_size, positive_float, positive_int, run_cli
 from d3_perception.synthetic.scene import SCENE_KINDS
 
 __all__ = ["build_parser", "main", "topic_names"]
@@ -78,14 +78,8 @@ def topic_names(namespace: str = "/camera", *, realsense: bool = False, compress
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except (FileExistsError, FileNotFoundError, ValueError) as exc:
-        print(f"d3-synth-bag: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"d3-synth-bag: interrupted; `{args.out}` is incomplete", file=sys.stderr)
-        return 130
+    return run_cli("d3-synth-bag", lambda: _run(args), (FileExistsError, FileNotFoundError, ValueError),
+                   interrupted=f"interrupted; `{args.out}` is incomplete")
 
 
 def _run(args) -> int:

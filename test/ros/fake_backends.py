@@ -23,12 +23,13 @@ from d3_perception.backends.base import Backend, BackendInfo
 
 class GtBackend(Backend):
     def __init__(self, name: str = "fake_gt", delay_s: float = 0.0, always_fail: bool = False,
-                 tasks: tuple[str, ...] = ("depth", "normals")) -> None:
+                 tasks: tuple[str, ...] = ("depth", "normals"), normals_length: float = 1.0) -> None:
         self.info = BackendInfo(name=name, device="cpu", precision="fp32", model_id="fake-gt",
                                 tasks=tasks, processing_resolution=64)
         self.normals_convention = "opengl"
         self.delay_s = delay_s
         self.always_fail = always_fail
+        self.normals_length = normals_length  # != 1: breaks the unit-normals contract (node must renormalise)
         self.calls = 0
 
     def predict(self, images, tasks=None):
@@ -45,7 +46,9 @@ class GtBackend(Backend):
         if "normals" in self.info.tasks and (tasks is None or "normals" in tasks):
             n, h, w = depth.shape
             normals = np.zeros((n, 3, h, w), dtype=np.float32)
-            normals[:, 2] = 1.0  # opengl: toward the viewer
+            normals[:, 2] = self.normals_length  # opengl: toward the viewer
+            if self.normals_length != 1.0:
+                normals[:, :, 2, 3] = 0.0  # one zero vector: no direction at all
             out["normals"] = normals
         return out
 
@@ -75,3 +78,9 @@ def normals_only(checkpoint: str = "", **kwargs) -> Backend:
     """A single-task normals checkpoint (like the official D3 normals model)."""
     _check_checkpoint(checkpoint)
     return GtBackend(name="fake_normals", tasks=("normals",))
+
+
+def normals_not_unit(checkpoint: str = "", **kwargs) -> Backend:
+    """A normals-only plugin that returns normals of length 2.5 and one zero vector (pixel row 2, column 3)."""
+    _check_checkpoint(checkpoint)
+    return GtBackend(name="fake_not_unit", tasks=("normals",), normals_length=2.5)

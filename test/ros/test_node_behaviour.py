@@ -146,6 +146,25 @@ def test_normals_only_checkpoint_publishes_normals_and_no_depth(ros_env, rclpy_c
         assert stop_node(proc) == 0
 
 
+def test_plugin_normals_are_renormalised_and_zero_vectors_become_nan(ros_env, rclpy_context, tmp_path, ckpt):
+    # built-in backends promise unit normals (Backend.unit_normals); a plugin that does not is renormalised
+    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:normals_not_unit", "checkpoint": str(ckpt),
+                                          "metric.mode": "fixed", "lazy_outputs": False})
+    client = Client(rclpy_context, outputs=["normals"])
+    try:
+        assert client.wait_for_subscribers(30.0)
+        out = _send_until(client, make_rgb(48, 64), 8.0, topic="normals")
+        assert out is not None, node_log(proc)
+        normals = msg_to_numpy(out)
+        assert np.isnan(normals[2, 3]).all()  # the zero vector has no direction
+        rest = np.ones(normals.shape[:2], bool)
+        rest[2, 3] = False
+        assert np.allclose(normals[rest], [0.0, 0.0, -1.0], atol=1e-6)  # unit, optical frame (toward camera)
+    finally:
+        client.close()
+        assert stop_node(proc) == 0
+
+
 def test_sparse_depth_recovers_metric_scale_of_a_synthetic_scene(ros_env, rclpy_context, tmp_path, ckpt):
     from d3_perception.synthetic import SyntheticSequence, sparse_depth
 
