@@ -1,7 +1,8 @@
 """P4: per-frame cost of the node's work except the model, at 640x480 with depth + normals + cloud.
 
-Stages of the node's worker thread, in the node's order (the same calls, D3PerceptionNode._process in
-sparse_depth mode with model normals): decode (Image msg -> rgb), side_jobs (hand the model normals ->
+Stages of the node's worker thread, timed inside the node's own code (``D3PerceptionNode._process`` after the
+model calls ``d3_perception.ros.frame_outputs.compute_outputs`` and ``output_messages``; here in sparse_depth
+mode with model normals): decode (Image msg -> rgb), side_jobs (hand the model normals ->
 three optical-frame planes + the normals image to the helper threads of ``postprocess_threads``; with one
 thread: compute them), metric_fit (robust sparse fit + apply into the depth message buffer, then the colour
 map, while the helpers work), side_wait (for the normals the cloud needs), cloud (back-projection +
@@ -58,13 +59,13 @@ def _inputs():
 def _modules():
     from std_msgs.msg import Header
 
-    from d3_perception.geometry.alignment import MetricAligner
-    from d3_perception.geometry.pointcloud import CLOUD_DTYPE, fill_cloud
     from d3_perception.image_codec import to_rgb8
     from d3_perception.ros import conversions as conv
-    from d3_perception.ros.node import _Side
+    from d3_perception.ros.frame_outputs import compute_outputs, output_messages
+    from d3_perception.ros.params import config_from_values
 
-    return Header, MetricAligner, CLOUD_DTYPE, fill_cloud, to_rgb8, conv, _Side
+    cfg = config_from_values({"metric.mode": "sparse_depth"})  # the node's defaults otherwise (cloud 0.1-20 m)
+    return Header, to_rgb8, conv, compute_outputs, output_messages, cfg
 
 
 STAGES = ("decode", "side_jobs", "metric_fit", "side_wait", "cloud", "packing")
@@ -73,36 +74,19 @@ WANT = {"depth": True, "relative": True, "camera_info": True, "colored": True, "
 
 
 def ours(image_msg, relative, normals_chw, sparse, K, aligner, timings, pool, workers):
-    Header, MetricAligner, CLOUD_DTYPE, fill_cloud, to_rgb8, conv, _Side = _modules()  # imported once, like the node
+    """The node's own per-frame code (D3PerceptionNode._process after the model: decode, then
+    ``frame_outputs.compute_outputs`` and ``output_messages``), sparse_depth mode, model normals from a
+    built-in backend (unit: not renormalised). Outputs are computed straight into the message buffers of
+    ``pool``, reused across frames, so packing a message copies nothing."""
+    Header, to_rgb8, conv, compute_outputs, output_messages, cfg = _modules()  # imported once, like the node
     header = Header(frame_id="camera_optical_frame")
     t = [time.perf_counter()]
     rgb = to_rgb8(conv.msg_to_numpy(image_msg, 8_294_400), image_msg.encoding)
     t.append(time.perf_counter())
-    # as the node (D3PerceptionNode._process, sparse_depth mode, model normals): the helper threads of
-    # `workers` start on the model normals (+ normals image) while this thread fits the metric scale and
-    # makes the colour map, then all share the cloud rows; outputs are computed straight into the message buffers
-    # of `pool`, reused across frames, so packing a message copies nothing
-    side = _Side(pool, WANT, (H, W), relative, "turbo", planes=True)
-    with workers.batch() as submit:
-        normals_job = submit(functools.partial(side.normals, normals_chw, "opengl", K))
-        t.append(time.perf_counter())  # side_jobs: submitting (with one thread: running) them
-        res = aligner.update(relative, sparse)
-        depth_m = MetricAligner.apply(relative, res, out=pool.view("depth", relative.shape, np.float32)[1])
-        side.colored()
-        t.append(time.perf_counter())
-        normals = workers.result(normals_job)
-        t.append(time.perf_counter())  # side_wait: for the normals the cloud needs
-        buf, block = pool.float32_block("points", (H, W, CLOUD_DTYPE.itemsize // 4))
-        cloud, dense = fill_cloud(depth_m, K, rgb, normals, min_range_m=0.1, max_range_m=20.0, out=block,
-                                  workers=workers)
-        t.append(time.perf_counter())
-    images = side.images
-    msgs = [conv.numpy_to_msg(relative, "32FC1", header, pool, "relative"),
-            conv.numpy_to_msg(depth_m, "32FC1", header, pool, "depth"),
-            conv.scaled_camera_info(None, K, (H, W), header),
-            conv.numpy_to_msg(images["colored"], "bgr8", header, pool, "colored"),
-            conv.numpy_to_msg(images["normals"], "32FC3", header, pool, "normals"),
-            conv.cloud_to_msg(cloud, header, buf, is_dense=dense)]
+    outputs = compute_outputs(cfg, WANT, rgb, relative, normals_chw, K, (H, W), pool, workers,
+                              lambda rel: aligner.update(rel, sparse), convention="opengl", renormalise=False,
+                              mark=lambda: t.append(time.perf_counter()))  # side_jobs, metric_fit, side_wait, cloud
+    msgs = list(output_messages(WANT, outputs, relative, K, (H, W), header, pool).values())
     t.append(time.perf_counter())
     for name, a, b in zip(STAGES, t[:-1], t[1:], strict=True):
         timings.setdefault(name, []).append((b - a) * 1e3)

@@ -39,13 +39,13 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from d3_perception.geometry.alignment import AlignmentResult, MetricAligner
-from d3_perception.geometry.intrinsics import intrinsics_from_fov, scale_intrinsics
-from d3_perception.geometry.normals import interleave, normals_from_depth, to_optical_frame_planes
-from d3_perception.geometry.pointcloud import RowWorkers, cloud_dtype, fill_cloud, scratch
+from d3_perception.geometry.intrinsics import scale_intrinsics
+from d3_perception.geometry.pointcloud import RowWorkers
 from d3_perception.geometry.units import mm_to_m
 from d3_perception.image_codec import to_rgb8
 from d3_perception.ros import conversions as conv
 from d3_perception.ros.diagnostics import ERROR, OK, STALE, WARN, PipelineStats, WarnThrottle
+from d3_perception.ros.frame_outputs import FrameOutputs, compute_outputs, needs_normals, output_messages
 from d3_perception.ros.frame_slot import FrameSlot
 from d3_perception.ros.launch_config import NODE_NAME, package_share_dir
 from d3_perception.ros.params import PARAMETERS, SPECS, NodeConfig, config_from_values
@@ -56,20 +56,6 @@ AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
 SPARSE_BUFFER_LEN = 16  # sparse_depth messages kept for stamp matching (~0.5 s at 30 Hz)
 MIN_SIDE_PX = 8  # the model's minimum input side (d3_perception.model.processing.MIN_SIDE_PX)
 FRESH_WAIT_PERIODS = 1.5  # wait_for_fresh_frame: a stale frame is held at most this many periods old
-FALLBACK_HFOV_DEG = 60.0  # normals_source=depth without camera_info: assumed field of view
-_COLORMAPS = {"turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO, "viridis": cv2.COLORMAP_VIRIDIS,
-              "jet": cv2.COLORMAP_JET, "magma": cv2.COLORMAP_MAGMA, "plasma": cv2.COLORMAP_PLASMA}
-
-
-@functools.lru_cache(maxsize=len(_COLORMAPS))
-def _colormap_lut(colormap: str) -> np.ndarray:
-    """An OpenCV colour map as one ``[1,256]`` int32 table whose 4 bytes are B, G, R, 0 (any byte order)."""
-    bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(1, 256), _COLORMAPS[colormap])[0]  # [256,3]
-    bgrx = np.zeros((256, 4), np.uint8)
-    bgrx[:, :3] = bgr
-    return bgrx.view(np.int32).reshape(1, 256)
-
-
 _OUTPUTS = ("depth", "relative", "camera_info", "colored", "normals", "normals_colored", "points", "info")
 
 
@@ -154,40 +140,6 @@ def _rescale_sparse(sparse: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
         uu = np.minimum(((u + 0.5) * sx).astype(np.int64), hw[1] - 1)
         out[vv, uu] = sparse[v, u]
     return out
-
-
-class _Side:
-    """The images of one frame that need only the model output, computed into the message buffers of
-    ``pool`` (views taken here, in the worker thread that owns the pool; the methods may run on a helper
-    thread). ``images``: output name -> finished image."""
-
-    def __init__(self, pool: conv.BufferPool, want: dict[str, bool], hw: tuple[int, int], relative, colormap: str,
-                 planes: bool):
-        self.images: dict[str, np.ndarray] = {}
-        self._relative, self._colormap = relative, colormap
-        self._colored = pool.view("colored", (*hw, 3), np.uint8)[1] if want["colored"] else None
-        self._planes = pool.view("normals.planes", (3, *hw), np.float32)[1] if planes else None
-        self._normals_img = pool.view("normals", (*hw, 3), np.float32)[1] if want["normals"] else None
-        self._normals_vis = pool.view("normals_colored", (*hw, 3), np.uint8)[1] if want["normals_colored"] else None
-
-    def colored(self) -> None:
-        self.images["colored"] = D3PerceptionNode._colorize(self._relative, self._colormap, out=self._colored)
-
-    def normals(self, model_normals, convention: str, K, workers: RowWorkers | None = None, images: bool = True,
-                normalise: bool = False):
-        """Model normals -> three optical-frame planes (+ their images unless ``images`` is False).
-        ``normalise``: renormalise (a plugin backend that does not promise ``unit_normals``)."""
-        planes = to_optical_frame_planes(model_normals, convention, K, out=self._planes, workers=workers,
-                                         normalise=normalise)
-        if images:
-            self.normals_images(planes)
-        return planes
-
-    def normals_images(self, planes) -> None:
-        if self._normals_img is not None:
-            self.images["normals"] = interleave(planes, out=self._normals_img)
-        if self._normals_vis is not None:
-            self.images["normals_colored"] = D3PerceptionNode._normals_vis(planes, self._normals_vis)
 
 
 class D3PerceptionNode(LifecycleNode):
@@ -625,7 +577,7 @@ class D3PerceptionNode(LifecycleNode):
         backend = self._backend
         if backend is None:
             return
-        need_normals = want["normals"] or want["normals_colored"] or (want["points"] and cfg.cloud_normals)
+        need_normals = needs_normals(want, cfg)
         has_depth = "depth" in backend.info.tasks  # False for a normals-only checkpoint
         model_normals = need_normals and "normals" in backend.info.tasks and (
             cfg.normals_source == "model" or not has_depth)
@@ -650,59 +602,22 @@ class D3PerceptionNode(LifecycleNode):
         K = self._intrinsics(in_hw, out_hw, cfg)
         if K is None and ((want["points"] and relative is not None) or want["camera_info"]):
             self._bad("camera_info_missing", "no valid, recent camera_info: points and depth/camera_info skipped")
-        pool = self._buffers  # worker thread only: outputs are computed straight into message buffers
-        workers = self._row_workers(cfg.postprocess_threads)
         model_n = np.asarray(out["normals"][0]) if need_normals and model_normals and "normals" in out else None
-        fit = relative is not None and cfg.metric.mode == "sparse_depth"
-        # The helper threads start on the work that needs only the model output (model normals and their
-        # images, the colour map) while this thread fits the metric scale; then all share the cloud rows.
-        side = _Side(pool, want, out_hw, relative, cfg.colormap, planes=model_n is not None)
-        with workers.batch() as submit:  # on any exit every job is finished or cancelled: buffers are free
-            normals_job = None
-            convention, renormalise = self._normals_convention, self._renormalise  # of the backend that ran
-            if model_n is not None and fit:
-                normals_job = submit(functools.partial(side.normals, model_n, convention, K, normalise=renormalise))
-            # with a fit, the helper has the normals and this thread takes the colour map after its (shorter)
-            # fit, so that both are free for the cloud rows at about the same time
-            colored_here = want["colored"] and normals_job is not None
-            colored_job = submit(side.colored) if want["colored"] and not colored_here else None
-            align = AlignmentResult(math.nan, math.nan, math.nan, 0, "off")
-            if relative is not None:
-                sparse = self._sparse_reference(stamp_s, out_hw, cfg) if fit else None
-                with self._aligner_lock:
-                    if frame.reset_alignment:
-                        self._aligner.reset()
-                    align = self._aligner.update(relative, sparse)
-            depth_m = None
-            if align.is_metric and relative is not None:
-                depth_m = MetricAligner.apply(relative, align, out=pool.view("depth", out_hw, np.float32)[1])
-            if colored_here:
-                side.colored()
+        convention, renormalise = self._normals_convention, self._renormalise  # of the backend that ran
+        # worker thread only: outputs are computed straight into the message buffers of self._buffers
+        outputs = compute_outputs(cfg, want, rgb, relative, model_n, K, out_hw, self._buffers,
+                                  self._row_workers(cfg.postprocess_threads),
+                                  functools.partial(self._align, frame, stamp_s, out_hw, cfg),
+                                  convention=convention, renormalise=renormalise)
+        self._publish(frame, cfg, want, outputs, relative, K, backend, out_hw, inference_ms, t0)
 
-            normals = None  # three [H,W] planes nx, ny, nz (optical frame, unit, facing the camera)
-            images_job = None  # normals images, when not made with the model normals above
-            if normals_job is not None:
-                normals = workers.result(normals_job)
-            elif model_n is not None:  # no fit to overlap with: all threads share the rows
-                normals = side.normals(model_n, convention, K, workers=workers, images=False,
-                                       normalise=renormalise)
-                images_job = submit(functools.partial(side.normals_images, normals))
-            elif need_normals and relative is not None:
-                geo_depth = depth_m if depth_m is not None else self._range_depth(relative, cfg)
-                n = normals_from_depth(geo_depth, K if K is not None else
-                                       intrinsics_from_fov(out_hw, FALLBACK_HFOV_DEG))
-                normals = (n[:, :, 0], n[:, :, 1], n[:, :, 2])
-                images_job = submit(functools.partial(side.normals_images, normals))
-
-            cloud = None
-            if want["points"] and K is not None:
-                cloud = self._cloud(cfg, rgb, relative, depth_m, normals, K, out_hw, workers)
-            if colored_job is not None:
-                workers.result(colored_job)
-            if images_job is not None:
-                workers.result(images_job)
-        self._publish(frame, cfg, want, side.images, relative, depth_m, cloud, K, align, backend, out_hw,
-                      inference_ms, t0)
+    def _align(self, frame: _Frame, stamp_s: float, out_hw, cfg: NodeConfig, relative: np.ndarray) -> AlignmentResult:
+        """The metric alignment of ``relative`` (with the stamp-matched sparse reference in sparse_depth mode)."""
+        sparse = self._sparse_reference(stamp_s, out_hw, cfg) if cfg.metric.mode == "sparse_depth" else None
+        with self._aligner_lock:
+            if frame.reset_alignment:
+                self._aligner.reset()
+            return self._aligner.update(relative, sparse)
 
     def _row_workers(self, threads: int) -> RowWorkers:
         """The worker thread's :class:`RowWorkers` for ``postprocess_threads`` (rebuilt when it changes)."""
@@ -712,41 +627,15 @@ class D3PerceptionNode(LifecycleNode):
             self._workers = RowWorkers(threads)
         return self._workers
 
-    def _cloud(self, cfg, rgb, relative, depth_m, normals, K, out_hw, workers):
-        """The organized cloud, filled into the ``points`` message buffer: (cloud, buffer, is_dense)."""
-        geo_depth = depth_m if depth_m is not None else self._range_depth(relative, cfg)
-        with_normals = cfg.cloud_normals and normals is not None
-        dtype = cloud_dtype(cfg.cloud_rgb, with_normals)
-        s = cfg.cloud_stride
-        shape = (-(-out_hw[0] // s), -(-out_hw[1] // s), dtype.itemsize // 4)
-        buf, block = self._buffers.float32_block("points", shape)
-        cloud, dense = fill_cloud(geo_depth, K, rgb if cfg.cloud_rgb else None, normals if with_normals else None,
-                                  stride=s, min_range_m=cfg.cloud_min_range_m, max_range_m=cfg.cloud_max_range_m,
-                                  out=block, workers=workers)
-        return cloud, buf, dense
-
-    @staticmethod
-    def _range_depth(relative: np.ndarray, cfg: NodeConfig) -> np.ndarray:
-        return relative * np.float32(cfg.metric.far_m - cfg.metric.near_m) + np.float32(cfg.metric.near_m)
-
-    def _publish(self, frame, cfg, want, images, relative, depth_m, cloud, K, align: AlignmentResult, backend,
-                 out_hw, inference_ms, t0) -> None:
+    def _publish(self, frame, cfg, want, outputs: FrameOutputs, relative, K, backend, out_hw, inference_ms,
+                 t0) -> None:
+        align = outputs.align
         header = frame.msg.header
         pubs = self._pubs
-        pool = self._buffers  # worker thread only; rclpy serializes inside publish(), so buffers are reusable
-        if want["relative"]:
-            pubs["relative"].publish(conv.numpy_to_msg(relative, "32FC1", header, pool, "relative"))
-        if want["depth"] and depth_m is not None:
-            pubs["depth"].publish(conv.numpy_to_msg(depth_m, "32FC1", header, pool, "depth"))  # no copy
-        if want["camera_info"] and K is not None:
-            pubs["camera_info"].publish(conv.scaled_camera_info(self._info.msg if self._info else None,
-                                                                K, out_hw, header))
-        for name, encoding in (("colored", "bgr8"), ("normals", "32FC3"), ("normals_colored", "rgb8")):
-            if name in images:  # computed in the pool's buffer: no copy
-                pubs[name].publish(conv.numpy_to_msg(images[name], encoding, header, pool, name))
-        if cloud is not None:
-            points, buf, dense = cloud
-            pubs["points"].publish(conv.cloud_to_msg(points, header, buf, is_dense=dense))
+        # worker thread only; the messages wrap the pool's buffers, reusable once publish() has serialized them
+        for name, msg in output_messages(want, outputs, relative, K, out_hw, header, self._buffers,
+                                         self._info.msg if self._info else None).items():
+            pubs[name].publish(msg)
         now_s = _stamp_s(self.get_clock().now().to_msg())
         stamp_s = _stamp_s(header.stamp)
         latency_ms = (now_s - stamp_s) * 1e3 if stamp_s > 0 else (time.perf_counter() - t0) * 1e3
@@ -765,45 +654,6 @@ class D3PerceptionNode(LifecycleNode):
             info.alignment_residual_m = float(align.residual_m)
             info.frames_dropped = int(self.stats.frames_dropped)
             pubs["info"].publish(info)
-
-    @staticmethod
-    def _colorize(relative: np.ndarray, colormap: str, out: np.ndarray | None = None) -> np.ndarray:
-        """``[H,W]`` relative depth -> ``[H,W,3]`` uint8 BGR; near = warm (turbo red), NaN = black.
-
-        ``out``: optional C-contiguous ``[H,W,3]`` uint8 to write into.
-        """
-        rel = np.asarray(relative, dtype=np.float32)
-        near = np.subtract(np.float32(1.0), rel, out=scratch.get("colorize.near", rel.shape))
-        np.clip(near, 0.0, 1.0, out=near)  # NaN stays NaN: those pixels are blacked below
-        near *= np.float32(255.0)
-        u8 = scratch.get("colorize.u8", rel.shape, np.uint8)
-        with np.errstate(invalid="ignore"):
-            np.copyto(u8, near, casting="unsafe")  # truncation, as astype
-        if colormap == "gray":
-            vis = cv2.cvtColor(u8, cv2.COLOR_GRAY2BGR, dst=out)
-        else:  # = cv2.applyColorMap: one lookup of 4-byte BGR0 entries, then BGRA -> BGR (one SIMD pass); its
-            # 3-channel table lookup, or three 1-channel ones + merge, cost 2-4x more
-            bgrx = cv2.LUT(u8, _colormap_lut(colormap), dst=scratch.get("colorize.bgrx", rel.shape, np.int32))
-            vis = cv2.cvtColor(bgrx.view(np.uint8).reshape(*rel.shape, 4), cv2.COLOR_BGRA2BGR, dst=out)
-        finite = np.isfinite(rel)
-        if not finite.all():
-            vis[~finite] = 0
-        return vis
-
-    @staticmethod
-    def _normals_vis(normals, out: np.ndarray | None = None) -> np.ndarray:
-        """Three ``[H,W]`` normal planes -> ``[H,W,3]`` uint8 ``(n+1)/2*255`` (NaN = 0) for viewing."""
-        planes = []
-        t = scratch.get("normals_vis.t", normals[0].shape)
-        for i, n in enumerate(normals):
-            np.add(n, np.float32(1.0), out=t)
-            t *= np.float32(127.5)
-            np.nan_to_num(t, copy=False, nan=0.0)
-            np.clip(t, 0, 255, out=t)
-            u8 = scratch.get(f"normals_vis.u8{i}", t.shape, np.uint8)
-            np.copyto(u8, t, casting="unsafe")
-            planes.append(u8)
-        return cv2.merge(planes, dst=out)
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
