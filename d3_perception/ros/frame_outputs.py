@@ -27,14 +27,15 @@ __all__ = ["FrameOutputs", "SideOutputs", "colorize", "compute_outputs", "needs_
            "output_messages", "range_depth"]
 
 FALLBACK_HFOV_DEG = 60.0  # normals_source=depth without camera_info: assumed field of view
-COLORMAPS = {"turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO, "viridis": cv2.COLORMAP_VIRIDIS,
-              "jet": cv2.COLORMAP_JET, "magma": cv2.COLORMAP_MAGMA, "plasma": cv2.COLORMAP_PLASMA}
+# OpenCV tables of the `colormap` parameter's choices (params.COLORMAPS; "gray" needs none)
+_CV2_COLORMAPS = {"turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO, "viridis": cv2.COLORMAP_VIRIDIS,
+                  "jet": cv2.COLORMAP_JET, "magma": cv2.COLORMAP_MAGMA, "plasma": cv2.COLORMAP_PLASMA}
 
 
-@functools.lru_cache(maxsize=len(COLORMAPS))
+@functools.lru_cache(maxsize=len(_CV2_COLORMAPS))
 def _colormap_lut(colormap: str) -> np.ndarray:
     """An OpenCV colour map as one ``[1,256]`` int32 table whose 4 bytes are B, G, R, 0 (any byte order)."""
-    bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(1, 256), COLORMAPS[colormap])[0]  # [256,3]
+    bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(1, 256), _CV2_COLORMAPS[colormap])[0]  # [256,3]
     bgrx = np.zeros((256, 4), np.uint8)
     bgrx[:, :3] = bgr
     return bgrx.view(np.int32).reshape(1, 256)

@@ -602,7 +602,7 @@ class D3PerceptionNode(LifecycleNode):
         K = self._intrinsics(in_hw, out_hw, cfg)
         if K is None and ((want["points"] and relative is not None) or want["camera_info"]):
             self._bad("camera_info_missing", "no valid, recent camera_info: points and depth/camera_info skipped")
-        model_n = np.asarray(out["normals"][0]) if need_normals and model_normals and "normals" in out else None
+        model_n = np.asarray(out["normals"][0]) if model_normals and "normals" in out else None
         convention, renormalise = self._normals_convention, self._renormalise  # of the backend that ran
         # worker thread only: outputs are computed straight into the message buffers of self._buffers
         outputs = compute_outputs(cfg, want, rgb, relative, model_n, K, out_hw, self._buffers,

@@ -9,7 +9,7 @@ Each finished run's held-out metrics go to `results.jsonl` (the runner resumes: 
 `results.md` holds the mean ± std table over seeds (AbsRel, δ1, normal angle).
 
     python -m d3_training.experiments --out runs/experiments            # full study (hours of CPU)
-    python -m d3_training.experiments --out runs/exp_quick --quick      # ~45 min on a 2-core CPU
+    python -m d3_training.experiments --out runs/exp_quick --quick      # ~80 min on a 2-core CPU (measured)
     python -m d3_training.experiments --out /tmp/exp --smoke            # minutes: plumbing check only
 """
 
@@ -46,8 +46,9 @@ class Budget:
     extra: dict = field(default_factory=dict)
 
 
-# The same study at a budget one 2-core CPU runs in about 45 minutes (18 D³ runs of 160 steps at batch 8 plus
-# three teachers): enough to see large effects, too short to resolve small ones — the table says which.
+# The same study at a smaller budget (18 D³ runs of 160 steps at batch 8 plus three teachers): about 80 minutes on
+# one 2-core CPU (measured with --threads 1 on a partly busy machine); enough to see large effects, too short to
+# resolve small ones — the table says which.
 QUICK = Budget(batch=8, num_scenes=2000, vae_steps=300, teacher_budgets=(60, 250, 1000), default_teacher=250,
                d3_steps=160, stage1_steps=40, eval_frames=100)
 SMOKE = Budget(resolution=32, batch=2, num_scenes=16, vae_steps=3, teacher_budgets=(1, 2, 3), default_teacher=2,
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "  python -m d3_training.experiments --out /tmp/exp --smoke --seeds 0 1 2")
     p.add_argument("--out", required=True, help="experiment folder (re-running resumes it)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="the study at a ~45-minute budget (2-core CPU)")
+    size.add_argument("--quick", action="store_true", help="the study at a ~80-minute budget (2-core CPU)")
     size.add_argument("--smoke", action="store_true", help="tiny budgets: checks the plumbing in minutes")
     p.add_argument("--seeds", type=int, nargs="+", help="override the seeds (>= 3 for the study)")
     p.add_argument("--d3-steps", type=int, help="override the D³ steps per variant")
