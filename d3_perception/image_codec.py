@@ -13,8 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "COLOR_ENCODINGS",
+    "DEPTH_ENCODINGS",
     "ENCODINGS",
     "ImageDecodeError",
+    "decode_depth_m",
     "decode_image",
     "encode_image",
     "to_rgb8",
@@ -44,6 +47,14 @@ ENCODINGS: dict[str, EncodingInfo] = {
     "uyvy": EncodingInfo(np.dtype(np.uint8), 2),
     "yuv422_yuy2": EncodingInfo(np.dtype(np.uint8), 2),
 }
+
+
+# The one list of camera-image encodings (everything :func:`to_rgb8` turns into the model's RGB input), used by
+# the node and by the bag reader. mono16 is also a depth encoding: a bag reader guessing topics takes it as depth.
+COLOR_ENCODINGS: tuple[str, ...] = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "8UC3", "8UC1",
+                                    "yuv422", "uyvy", "yuv422_yuy2")
+# Depth images: 16UC1/mono16 in millimetres (0 = invalid), 32FC1 in metres (NaN/<= 0 = invalid).
+DEPTH_ENCODINGS: tuple[str, ...] = ("16UC1", "mono16", "32FC1")
 
 
 class ImageDecodeError(ValueError):
@@ -117,3 +128,15 @@ def to_rgb8(image: np.ndarray, encoding: str) -> np.ndarray:
     if encoding == "yuv422_yuy2":
         return cv2.cvtColor(image, cv2.COLOR_YUV2RGB_YUY2)
     raise ValueError(f"encoding `{encoding}` is not a colour camera encoding")
+
+
+def decode_depth_m(msg, max_pixels: int | None = None, name: str = "depth") -> np.ndarray:
+    """Depth Image message (:data:`DEPTH_ENCODINGS`) -> ``[H,W]`` float32 metres, NaN = invalid.
+
+    Raises :class:`ImageDecodeError` (naming ``name``) for another encoding or a malformed message.
+    """
+    from d3_perception.geometry.units import depth_to_m
+
+    if str(msg.encoding) not in DEPTH_ENCODINGS:
+        raise ImageDecodeError(f"`{name}` must be 16UC1/mono16 (mm) or 32FC1 (m); got {msg.encoding}")
+    return depth_to_m(decode_image(msg, max_pixels), inplace=True)  # decode_image returned a copy

@@ -5,21 +5,30 @@ from d3_perception.backends import create_backend
 backend = create_backend("auto", "models/d3_tiny")        # TensorRT -> ONNX Runtime -> torch
 out = backend.predict(rgb_uint8)                           # {"depth": [N,H,W], "normals": [N,3,H,W]}
 ```
+This module is the one place that creates backends (built-in names, ``auto``, ``python:module:callable``
+plugins) and owns the backend names and the ``auto`` order; :class:`~d3_perception.backends.chain.BackendChain`
+switches to the next backend after repeated failures.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import os
+from collections.abc import Sequence
+from pathlib import Path
 
 from d3_perception.backends.base import Backend, BackendInfo
 
-__all__ = ["BACKENDS", "Backend", "BackendInfo", "BackendUnavailable", "create_backend"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "PLUGIN_PREFIX", "Backend", "BackendInfo", "BackendUnavailable",
+           "create_backend", "fallback_names", "normals_convention"]
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
+AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")  # what "auto" tries, fastest first
+BACKENDS = ("auto", *AUTO_ORDER)  # the built-in backend names (the one list: node parameters, launch, CLIs)
+PLUGIN_PREFIX = "python:"  # "python:module:callable": a plugin (or test) factory called like create_backend
 
 
 class BackendUnavailable(RuntimeError):
@@ -33,7 +42,8 @@ def create_backend(name: str, checkpoint: str | os.PathLike, *, device: str | No
     """Build a backend for a checkpoint directory.
 
     name: "torch", "onnxruntime", "tensorrt" or "auto" (TensorRT -> ONNX Runtime -> torch; each skip is
-        logged with its reason).
+        logged with its reason), or "python:module:callable": ``callable(checkpoint=, device=, precision=,
+        processing_resolution=, cache_dir=, ...)`` returning a :class:`Backend` (plugins, test backends).
     device: torch device ("cpu", "cuda", "cuda:1"); for ONNX Runtime "cpu" or "cuda" selects providers.
     precision: "fp32", "bf16" (torch) or "fp16" (torch on CUDA, TensorRT).
     processing_resolution: long side in pixels (multiple of 64); None = the checkpoint's value.
@@ -41,6 +51,9 @@ def create_backend(name: str, checkpoint: str | os.PathLike, *, device: str | No
     onnx_path: an existing ONNX file to use instead of exporting one (ONNX Runtime, TensorRT).
     tasks: subset of the checkpoint's tasks to run; None = all.
     """
+    if isinstance(name, str) and name.startswith(PLUGIN_PREFIX):
+        return _plugin_factory(name)(checkpoint=str(checkpoint), device=device, precision=precision,
+                                     processing_resolution=processing_resolution, cache_dir=cache_dir, **kwargs)
     if name not in BACKENDS:
         raise ValueError(f"`name` must be one of {BACKENDS}; got {name!r}")
     common = dict(device=device, precision=precision, processing_resolution=processing_resolution, tasks=tasks)
@@ -76,3 +89,35 @@ def create_backend(name: str, checkpoint: str | os.PathLike, *, device: str | No
             logger.warning("auto backend: using %s (skipped %s)", candidate, "; ".join(reasons))
         return backend
     raise BackendUnavailable("no backend could start: " + "; ".join(reasons))
+
+
+def _plugin_factory(name: str):
+    parts = name.split(":")
+    if len(parts) != 3 or not all(parts[1:]):
+        raise ValueError(f"`name` must be python:module:callable for a plugin backend; got {name!r}")
+    factory = getattr(importlib.import_module(parts[1]), parts[2], None)
+    if not callable(factory):
+        raise ValueError(f"`name` {name!r} must name a callable; {parts[1]}.{parts[2]} is not one")
+    return factory
+
+
+def fallback_names(current: str, configured: Sequence[str] = ()) -> list[str]:
+    """Backends to try, in order, when ``current`` keeps failing: ``configured`` when given, else the
+    backends after ``current`` in :data:`AUTO_ORDER` (all of them for a plugin)."""
+    if configured:
+        return list(configured)
+    start = AUTO_ORDER.index(current) + 1 if current in AUTO_ORDER else 0
+    return [b for b in AUTO_ORDER[start:] if b != current]
+
+
+def normals_convention(backend: Backend, checkpoint: str | os.PathLike = "") -> str:
+    """The convention of ``backend``'s normals ("optical" or "opengl"): the backend's own attribute, else its
+    config's, else the checkpoint's config.json, else "optical"."""
+    for obj in (backend, getattr(backend, "config", None)):
+        name = getattr(obj, "normals_convention", None)
+        if isinstance(name, str):
+            return name
+    try:
+        return json.loads((Path(checkpoint) / "config.json").read_text()).get("normals_convention", "optical")
+    except (OSError, ValueError, AttributeError):
+        return "optical"

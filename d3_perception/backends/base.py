@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import abc
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,12 +23,16 @@ class BackendInfo:
     processing_resolution: int  # long side of the network input in pixels
 
 
-class Backend(abc.ABC):
+class Backend:
     """``predict(images) -> {"depth": [N,H,W] float32 in [0,1] (0 = near), "normals": [N,3,H,W] float32}``.
 
     ``images`` is ``[N,H,W,3]`` (or ``[H,W,3]``) uint8 RGB. Outputs have the input's H and W. Normals are unit
     vectors in the checkpoint's convention (``normals_convention`` of its config; see
     :mod:`d3_perception.geometry.normals` to convert them to the camera optical frame).
+
+    A built-in backend implements only :meth:`run_network`; :meth:`predict` (here, once for all of them)
+    checks the frames and tasks, resizes/pads them to the processing size in chunks of :attr:`batch_size`
+    and undoes that on the outputs. A plugin backend may instead override :meth:`predict` itself.
     """
 
     info: BackendInfo
@@ -37,10 +40,37 @@ class Backend(abc.ABC):
     #: True when ``predict`` guarantees unit normals (the built-in backends: ``postprocess`` renormalises), so
     #: consumers may skip renormalising; plugin backends that leave it False get renormalised by the node.
     unit_normals: bool = False
+    batch_size: int = 4  # frames per network call
 
-    @abc.abstractmethod
+    def check_tasks(self, tasks: tuple[str, ...] | str | None) -> tuple[str, ...]:
+        """``tasks`` as a tuple (None = :attr:`BackendInfo.tasks`); ValueError unless a non-empty subset of the
+        checkpoint's tasks."""
+        if tasks is None:
+            return tuple(self.info.tasks)
+        tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+        allowed = tuple(self.config.tasks)
+        if not tasks or any(t not in allowed for t in tasks):
+            raise ValueError(f"`tasks` must be a non-empty subset of the checkpoint's tasks {allowed}; got {tasks}")
+        return tuple(dict.fromkeys(tasks))
+
     def predict(self, images: np.ndarray, tasks: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-        """Run the model; ``tasks=None`` means every task of the checkpoint."""
+        """Run the model; ``tasks=None`` means every task the backend was built for."""
+        from d3_perception.model.processing import check_inputs, postprocess, preprocess
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+        images = check_inputs(images)  # [N,H,W,3]
+        tasks = self.check_tasks(tasks)
+        chunks = []
+        for start in range(0, images.shape[0], self.batch_size):
+            x, geo = preprocess(images[start:start + self.batch_size], self.info.processing_resolution,
+                                self.config.input_range)
+            raw = self.run_network(x, tasks)
+            chunks.append(postprocess({t: raw[t] for t in tasks}, geo))
+        return {t: np.concatenate([c[t] for c in chunks]) for t in tasks}
+
+    def run_network(self, x: np.ndarray, tasks: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """The raw network call: ``x`` ``[n,3,h,w]`` float32 in ``config.input_range`` (h, w multiples of 64) ->
+        per task ``[n,C,h,w]`` float32 (at least the ``tasks`` asked for)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement run_network() or predict()")
+
+    def close(self) -> None:
         """Release device memory; the backend is unusable afterwards."""

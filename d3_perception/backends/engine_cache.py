@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from d3_perception.model.config import atomic_write_bytes
+from d3_perception.io_utils import atomic_write_bytes
 
 __all__ = [
     "EngineCache",

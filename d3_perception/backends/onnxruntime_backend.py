@@ -89,7 +89,7 @@ def _auto_exporter(checkpoint_dir: Path) -> str:
 
 
 class OnnxRuntimeBackend(Backend):
-    """``predict`` = shared numpy pre-processing -> ``session.run`` -> shared post-processing."""
+    """``predict`` (:class:`Backend`) = shared numpy pre-processing -> ``session.run`` -> shared post-processing."""
 
     unit_normals = True  # predict() ends in processing.postprocess, which renormalises
 
@@ -162,7 +162,7 @@ class OnnxRuntimeBackend(Backend):
         self._tasks = tuple(dict.fromkeys(tasks)) if tasks is not None else self._graph_tasks
         self._session = make_session(onnx_path, providers, num_threads)
         self._resolution = processing_resolution or self.config.processing_resolution
-        self._batch_size = batch_size
+        self.batch_size = batch_size
         self.onnx_path = onnx_path
         active = self._session.get_providers()[0]
         self.info = BackendInfo(name="onnxruntime", device=active, precision=precision,
@@ -171,31 +171,13 @@ class OnnxRuntimeBackend(Backend):
         logger.info("onnxruntime backend: %s via %s (%s), tasks %s, resolution %d, file %s",
                     self.config.model_id, active, precision, self._tasks, self._resolution, onnx_path)
 
-    def run_network(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw network call: ``x`` ``[N,3,H,W]`` float32 -> the graph's per-task outputs."""
+    def run_network(self, x: np.ndarray, tasks: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Raw network call: ``x`` ``[N,3,H,W]`` float32 -> the graph's per-task outputs (all of them)."""
         if self._fixed_hw is not None and tuple(x.shape[2:]) != self._fixed_hw:
             raise ValueError(f"`image` must be {self._fixed_hw[0]}x{self._fixed_hw[1]} for this fixed-shape ONNX "
                              f"file; got {x.shape[2]}x{x.shape[3]} (export with dynamic H and W)")
         outs = self._session.run(list(self._graph_tasks), {"image": np.ascontiguousarray(x, dtype=np.float32)})
         return dict(zip(self._graph_tasks, outs, strict=True))
-
-    def predict(self, images: np.ndarray, tasks: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-        from d3_perception.model.processing import check_inputs, postprocess, preprocess
-
-        images = check_inputs(images)
-        if tasks is None:
-            tasks = self._tasks
-        elif isinstance(tasks, str):
-            tasks = (tasks,)
-        bad = [t for t in tasks if t not in self._graph_tasks]
-        if bad or not tasks:
-            raise ValueError(f"`tasks` must be a non-empty subset of {self._graph_tasks}; got {tuple(tasks)}")
-        chunks = []
-        for start in range(0, images.shape[0], self._batch_size):
-            x, geo = preprocess(images[start:start + self._batch_size], self._resolution, self.config.input_range)
-            raw = self.run_network(x)
-            chunks.append(postprocess({t: raw[t] for t in tasks}, geo))
-        return {t: np.concatenate([c[t] for c in chunks]) for t in tasks}
 
     def close(self) -> None:
         self._session = None

@@ -231,7 +231,7 @@ class TensorRTBackend(Backend):
             key, build=lambda: builder(onnx_path, precision, profile), deserialize=runner_factory, validate=validate)
         self._profile = profile
         self._resolution = resolution
-        self._batch_size = batch_size or max_batch
+        self.batch_size = batch_size or max_batch
         self._tasks = tuple(tasks) if tasks else self.config.tasks
         self.key = key
         self.info = BackendInfo(name="tensorrt", device=f"cuda:{device_index} ({identity[0]})", precision=precision,
@@ -239,20 +239,9 @@ class TensorRTBackend(Backend):
         logger.info("tensorrt backend: %s, engine %s (%s), %s", self.config.model_id, key.digest(),
                     self.cache_status, precision)
 
-    def predict(self, images: np.ndarray, tasks: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-        from d3_perception.model.processing import check_inputs, postprocess, preprocess
-
-        images = check_inputs(images)
-        tasks = self._tasks if tasks is None else ((tasks,) if isinstance(tasks, str) else tuple(tasks))
-        bad = [t for t in tasks if t not in self.config.tasks]
-        if bad or not tasks:
-            raise ValueError(f"`tasks` must be a non-empty subset of {self.config.tasks}; got {tasks}")
-        chunks = []
-        for start in range(0, images.shape[0], self._batch_size):
-            x, geo = preprocess(images[start:start + self._batch_size], self._resolution, self.config.input_range)
-            raw = self._runner.run(x)
-            chunks.append(postprocess({t: raw[t] for t in tasks}, geo))
-        return {t: np.concatenate([c[t] for c in chunks]) for t in tasks}
+    def run_network(self, x: np.ndarray, tasks: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Raw engine call: ``x`` ``[N,3,H,W]`` float32 -> the engine's per-task outputs (all of them)."""
+        return self._runner.run(x)
 
     def close(self) -> None:
         self._runner = None

@@ -47,7 +47,7 @@ class TorchBackend(Backend):
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self._model = load_pretrained(checkpoint, device=dev, dtype=dtype, tasks=tasks)
         self._resolution = processing_resolution
-        self._batch_size = batch_size
+        self.batch_size = batch_size
         cfg = self._model.config
         self.config = cfg
         self.info = BackendInfo(name="torch", device=str(dev), precision=precision, model_id=cfg.model_id,
@@ -61,9 +61,15 @@ class TorchBackend(Backend):
         """The underlying :class:`D3Predictor` (read it, do not mutate it)."""
         return self._model
 
-    def predict(self, images: np.ndarray, tasks: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-        return self._model.predict(images, tasks=tasks, processing_resolution=self._resolution,
-                                   batch_size=self._batch_size)
+    def run_network(self, x: np.ndarray, tasks: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Raw network call: ``x`` ``[N,3,H,W]`` float32 -> per task ``[N,C,H,W]`` float32 (numpy)."""
+        import torch
+
+        param = self._model.vae.encoder.conv_in.weight  # the model's dtype and device
+        with torch.inference_mode():
+            raw = self._model(torch.from_numpy(np.ascontiguousarray(x)).to(device=param.device, dtype=param.dtype),
+                              tasks)
+        return {k: v.float().cpu().numpy() for k, v in raw.items()}
 
     def close(self) -> None:
         import torch

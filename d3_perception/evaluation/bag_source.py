@@ -22,7 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from d3_perception.geometry.units import mm_to_m
-from d3_perception.image_codec import ImageDecodeError, decode_image, to_rgb8
+from d3_perception.image_codec import (
+    COLOR_ENCODINGS,
+    DEPTH_ENCODINGS,
+    ImageDecodeError,
+    decode_image,
+    to_rgb8,
+)
+from d3_perception.image_codec import (
+    decode_depth_m as decode_depth_image,
+)
 from d3_perception.rosbag_io import (
     CAMERA_INFO_TYPE,
     COMPRESSED_TYPE,
@@ -35,14 +44,14 @@ __all__ = ["BagError", "BagFrame", "BagSource", "TopicSelection"]
 
 logger = logging.getLogger(__name__)
 
-_COLOR_ENCODINGS = {"rgb8", "bgr8", "rgba8", "bgra8", "mono8", "8UC3", "yuv422", "uyvy", "yuv422_yuy2"}
-_DEPTH_ENCODINGS = {"16UC1", "mono16", "32FC1"}
+# a camera image when guessing topics: a colour encoding that is not also a depth one (mono16 is taken as depth)
+_COLOR_ENCODINGS = frozenset(COLOR_ENCODINGS) - frozenset(DEPTH_ENCODINGS)
 _NOT_GT_WORDS = ("sparse", "relative", "colored", "pred")
 
 
 def _is_depth(encoding: str | None) -> bool:
     """A depth Image encoding or an image_transport compressedDepth format."""
-    return encoding is not None and (encoding in _DEPTH_ENCODINGS or "compressedDepth" in encoding)
+    return encoding is not None and (encoding in DEPTH_ENCODINGS or "compressedDepth" in encoding)
 
 
 class BagError(ValueError):
@@ -131,21 +140,9 @@ def decode_depth_m(msg) -> np.ndarray:
     """
     if hasattr(msg, "format") and not hasattr(msg, "encoding"):
         return _decode_compressed_depth(msg)
-    if str(msg.encoding) not in _DEPTH_ENCODINGS:
-        raise ImageDecodeError(f"depth `encoding` must be one of {sorted(_DEPTH_ENCODINGS)}; got `{msg.encoding}`")
-    arr = decode_image(msg)
-    if arr.dtype == np.uint16:
-        return mm_to_m(arr)
-    depth = arr.astype(np.float32, copy=False)
-    # NaN where not finite and > 0: x / 0 * 0 is NaN for every x and x / 1 * 1 == x, three times faster than
-    # `depth[~valid] = np.nan` (0.55 ms for 640x480).
-    with np.errstate(invalid="ignore", divide="ignore"):
-        valid = np.greater(depth, 0)
-        valid &= np.less(depth, np.inf)
-        scale = valid.astype(np.float32)  # [H,W] 1 valid, 0 invalid
-        depth /= scale
-        depth *= scale
-    return depth
+    if str(msg.encoding) not in DEPTH_ENCODINGS:
+        raise ImageDecodeError(f"depth `encoding` must be one of {sorted(DEPTH_ENCODINGS)}; got `{msg.encoding}`")
+    return decode_depth_image(msg)
 
 
 def _decode_compressed_depth(msg) -> np.ndarray:

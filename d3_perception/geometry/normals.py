@@ -12,34 +12,24 @@ import cv2
 import numpy as np
 
 from d3_perception.geometry.intrinsics import check_intrinsics
-from d3_perception.geometry.pointcloud import RowWorkers, _ray_planes, backproject, for_row_chunks, scratch
+from d3_perception.geometry.pointcloud import _ray_planes, backproject
+from d3_perception.parallel import RowWorkers, for_row_chunks, scratch
 
 __all__ = [
     "NORMAL_CONVENTIONS",
     "interleave",
     "normals_from_depth",
-    "orient_toward_camera",
     "to_optical_frame",
     "to_optical_frame_planes",
 ]
 
-# Axis flips that take a convention to the optical frame.
+# Axis flips that take a convention to the optical frame; the one list of normals conventions (checkpoint
+# configs are validated against it).
 # opengl (Marigold/DSINE/D3 renderers): x right, y up, z toward the viewer -> flip y and z.
 NORMAL_CONVENTIONS: dict[str, tuple[float, float, float]] = {
     "optical": (1.0, 1.0, 1.0),
-    "opencv": (1.0, 1.0, 1.0),
     "opengl": (1.0, -1.0, -1.0),
 }
-
-
-def orient_toward_camera(normals: np.ndarray, K=None) -> np.ndarray:
-    """Flip ``[H,W,3]`` optical-frame normals that point away from the camera.
-
-    With ``K`` the test uses the pixel's viewing ray; without it, the optical axis (flip if ``n_z > 0``).
-    """
-    n = np.asarray(normals, dtype=np.float32)
-    planes = [n[:, :, i] for i in range(3)]
-    return _finish(planes, K, normalise=False)
 
 
 def _finish(planes: list[np.ndarray], K, normalise: bool) -> np.ndarray:
@@ -181,7 +171,7 @@ def to_optical_frame(normals: np.ndarray, convention: str = "opengl", K=None, ou
     """Model normals ``[H,W,3]`` (or backend layout ``[3,H,W]``) -> ``[H,W,3]`` float32 unit normals.
 
     Applies the axis flips of ``convention`` (see :data:`NORMAL_CONVENTIONS`), renormalises, orients
-    toward the camera (``K`` optional, see :func:`orient_toward_camera`). Zero or non-finite vectors
+    toward the camera (``K`` optional: with it the test uses the pixel's viewing ray, without it the optical axis). Zero or non-finite vectors
     become NaN. ``out``: optional C-contiguous float32 ``[H,W,3]`` to write into.
     """
     return interleave(to_optical_frame_planes(normals, convention, K), out)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from d3_perception.model.config import atomic_write_bytes  # torch-free module
+from d3_perception.io_utils import atomic_write_bytes
 
 __all__ = ["read_ply", "write_ply"]
 

@@ -16,8 +16,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from d3_perception.io_utils import FILE_MODE
 from d3_perception.model.config import (
-    _FILE_MODE,
     CONFIG_NAME,
     WEIGHTS_NAME,
     ModelConfig,
@@ -74,7 +74,7 @@ def save_pretrained(predictor: D3Predictor, out_dir: str | os.PathLike, *, prove
     try:
         # one metadata entry only: safetensors writes a multi-entry map in random order (non-reproducible bytes)
         save_file(state, tmp, metadata={"format": "pt"})
-        os.chmod(tmp, _FILE_MODE)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, out_dir / WEIGHTS_NAME)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

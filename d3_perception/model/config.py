@@ -12,10 +12,12 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from d3_perception.geometry.normals import NORMAL_CONVENTIONS
+from d3_perception.io_utils import atomic_write_bytes
 
 __all__ = [
     "FORMAT_VERSION",
@@ -38,7 +40,7 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 KNOWN_TASKS = ("depth", "normals")
-NORMALS_CONVENTIONS = ("optical", "opengl")
+NORMALS_CONVENTIONS = tuple(NORMAL_CONVENTIONS)  # owned by geometry.normals (its axis-flip table)
 # Network inputs are padded to this multiple for every config (SD2.1 needs 64 = 8x VAE * 8x UNet; the tiny
 # config needs only 16 = 4x VAE * 4x UNet, but one rule for all keeps exported shape profiles uniform).
 PAD_MULTIPLE = 64
@@ -329,32 +331,6 @@ def check_processing_resolution(value: Any, name: str = "processing_resolution")
     if value < PAD_MULTIPLE or value > 4096 or value % PAD_MULTIPLE:
         raise ValueError(f"`{name}` must be a multiple of {PAD_MULTIPLE} in [{PAD_MULTIPLE}, 4096]; got {value}")
     return value
-
-
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_FILE_MODE = _umask_mode()  # what open() would give; mkstemp alone gives 0600
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, _FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def resolve_checkpoint_dir(checkpoint: str | os.PathLike) -> Path:

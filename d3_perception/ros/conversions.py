@@ -16,7 +16,7 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 
 from d3_perception.geometry.intrinsics import check_intrinsics, scale_intrinsics
-from d3_perception.image_codec import ENCODINGS, ImageDecodeError, decode_image, encode_image
+from d3_perception.image_codec import COLOR_ENCODINGS, ENCODINGS, ImageDecodeError, decode_image, encode_image
 
 __all__ = [
     "COLOR_ENCODINGS",
@@ -35,8 +35,6 @@ __all__ = [
     "scaled_camera_info",
 ]
 
-COLOR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "8UC3", "8UC1",
-                   "yuv422", "uyvy", "yuv422_yuy2")
 
 _NP_TO_FIELD = {
     np.dtype("int8"): PointField.INT8, np.dtype("uint8"): PointField.UINT8,

@@ -452,7 +452,7 @@ def _start(args, ckpt: str, context, children: _Children, env_ros: dict[str, str
     from rclpy.executors import SingleThreadedExecutor
 
     import d3_perception
-    from d3_perception.synthetic.demo_outputs import DemoAccumulator
+    from d3_perception.evaluation.demo_outputs import DemoAccumulator
 
     env = dict(os.environ)
     env.update(env_ros)
@@ -514,8 +514,8 @@ def _write_outputs(args, out: Path, acc, collector: _Collector, run: dict, model
                    domain: int) -> int:
     import cv2
 
+    from d3_perception.evaluation.demo_outputs import montage, write_json, write_ply
     from d3_perception.geometry.pointcloud import backproject
-    from d3_perception.synthetic.demo_outputs import montage, write_json, write_ply
 
     if acc.last is None:
         raise DemoError(f"no prediction could be matched with ground truth in {run['duration_s']:.0f} s; "

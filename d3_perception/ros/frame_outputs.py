@@ -19,7 +19,8 @@ import numpy as np
 from d3_perception.geometry.alignment import AlignmentResult, MetricAligner
 from d3_perception.geometry.intrinsics import intrinsics_from_fov
 from d3_perception.geometry.normals import interleave, normals_from_depth, to_optical_frame_planes
-from d3_perception.geometry.pointcloud import RowWorkers, cloud_dtype, fill_cloud, scratch
+from d3_perception.geometry.pointcloud import cloud_dtype, fill_cloud
+from d3_perception.parallel import RowWorkers, scratch
 from d3_perception.ros import conversions as conv
 from d3_perception.ros.params import NodeConfig
 

@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from d3_perception.backends import BACKENDS, PLUGIN_PREFIX
+
 __all__ = [
     "BACKEND_CHOICES",
     "LAUNCH_ARGUMENTS",
@@ -30,7 +32,7 @@ PACKAGE = "d3_perception"
 NODE_EXECUTABLE = "d3_perception_node"
 NODE_NAME = "d3_perception_node"
 NODE_MODULE = "d3_perception.ros.node"
-BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
+BACKEND_CHOICES = BACKENDS  # owned by d3_perception.backends
 _NAME_TOKEN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PARAM_TYPES = (bool, int, float, str)
 
@@ -171,7 +173,7 @@ def node_command(
     if checkpoint not in (None, ""):
         params["checkpoint"] = str(checkpoint)
     if backend not in (None, ""):
-        if backend not in BACKEND_CHOICES and not str(backend).startswith("python:"):
+        if backend not in BACKEND_CHOICES and not str(backend).startswith(PLUGIN_PREFIX):
             raise ValueError(f"`backend` must be one of {BACKEND_CHOICES} or python:module:callable; got {backend!r}")
         params["backend"] = str(backend)
     params["use_sim_time"] = parse_bool(use_sim_time, "use_sim_time")

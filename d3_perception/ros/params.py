@@ -9,12 +9,12 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from d3_perception.backends import BACKENDS, PLUGIN_PREFIX
 from d3_perception.geometry.alignment import METRIC_MODES, MetricConfig
 
 __all__ = ["COLORMAPS", "PARAMETERS", "SPECS", "NodeConfig", "ParamSpec", "check_value", "config_from_values"]
 
 COLORMAPS = ("turbo", "inferno", "viridis", "jet", "magma", "plasma", "gray")
-BACKEND_NAMES = ("auto", "tensorrt", "onnxruntime", "torch")
 
 
 @dataclass(frozen=True)
@@ -125,9 +125,9 @@ def check_value(spec: ParamSpec, value: Any) -> str | None:
             return f"`{spec.name}` must be >= {spec.min}; got {value}"
         if spec.max is not None and value > spec.max:
             return f"`{spec.name}` must be <= {spec.max}; got {value}"
-    if spec.name == "backend" and value not in BACKEND_NAMES and not (
-            isinstance(value, str) and value.startswith("python:") and value.count(":") == 2):
-        return f"`backend` must be one of {', '.join(BACKEND_NAMES)} or python:module:callable; got {value!r}"
+    if spec.name == "backend" and value not in BACKENDS and not (
+            isinstance(value, str) and value.startswith(PLUGIN_PREFIX) and value.count(":") == 2):
+        return f"`backend` must be one of {', '.join(BACKENDS)} or python:module:callable; got {value!r}"
     return None
 
 

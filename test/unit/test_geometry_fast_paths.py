@@ -14,7 +14,8 @@ from d3_perception.geometry import (
     to_optical_frame,
 )
 from d3_perception.geometry.normals import interleave, to_optical_frame_planes
-from d3_perception.geometry.pointcloud import ROWS_PER_CHUNK, fill_cloud
+from d3_perception.geometry.pointcloud import fill_cloud
+from d3_perception.parallel import ROWS_PER_CHUNK
 
 RNG = np.random.default_rng(11)
 HW = (ROWS_PER_CHUNK * 2 + 5, 48)  # several row blocks, the last one partial

@@ -11,7 +11,8 @@ import pytest
 
 from d3_perception.geometry import intrinsics_from_fov
 from d3_perception.geometry.normals import to_optical_frame_planes
-from d3_perception.geometry.pointcloud import ROWS_PER_CHUNK, RowWorkers, fill_cloud, for_row_chunks
+from d3_perception.geometry.pointcloud import fill_cloud
+from d3_perception.parallel import ROWS_PER_CHUNK, RowWorkers, for_row_chunks
 
 RNG = np.random.default_rng(5)
 HW = (ROWS_PER_CHUNK * 3 + 7, 40)

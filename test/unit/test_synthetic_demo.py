@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pytest
 
+from d3_perception.evaluation.demo_outputs import DemoAccumulator, montage, write_ply
 from d3_perception.synthetic import SyntheticSequence
 from d3_perception.synthetic.camera_config import CAMERA_PARAMETERS, SyntheticCameraConfig
-from d3_perception.synthetic.demo_outputs import DemoAccumulator, montage, write_ply
 
 HW = (36, 48)
 

@@ -12,6 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from d3_perception.evaluation.metrics import align_depth, depth_metrics, normal_angles_deg
+from d3_perception.geometry.ply import write_ply as geometry_write_ply
+
 __all__ = ["DemoAccumulator", "FrameResult", "colorize_depth", "colorize_normals", "montage", "write_ply"]
 
 PANEL_TITLES = ("RGB", "predicted depth", "GT depth", "predicted normals", "GT normals", "AbsRel error")
@@ -19,40 +22,13 @@ PANEL_TITLES = ("RGB", "predicted depth", "GT depth", "predicted normals", "GT n
 
 def _align(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Least-squares scale+shift of an affine-invariant depth to metres (float32, >= 1e-3 m)."""
-    try:
-        from d3_perception.evaluation.metrics import align_depth
-
-        aligned, _, _ = align_depth(pred, target, mask, space="depth", min_depth_m=1e-3)
-        return aligned
-    except ImportError:  # evaluation package absent: the same ordinary least squares, inline
-        p, t = pred[mask].astype(np.float64), target[mask].astype(np.float64)
-        a = np.stack([p, np.ones_like(p)], axis=1)
-        (scale, shift), *_ = np.linalg.lstsq(a, t, rcond=None)
-        return np.maximum(scale * pred + shift, 1e-3).astype(np.float32)
+    aligned, _, _ = align_depth(pred, target, mask, space="depth", min_depth_m=1e-3)
+    return aligned
 
 
 def _depth_errors(pred_m: np.ndarray, target_m: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    try:
-        from d3_perception.evaluation.metrics import depth_metrics
-
-        m = depth_metrics(pred_m, target_m, mask)
-        return {"abs_rel": m["abs_rel"], "delta1": m["delta1"], "rmse_m": m["rmse"]}
-    except ImportError:
-        p, t = pred_m[mask].astype(np.float64), target_m[mask].astype(np.float64)
-        ratio = np.maximum(p / t, t / p)
-        return {"abs_rel": float(np.mean(np.abs(p - t) / t)), "delta1": float(np.mean(ratio < 1.25)),
-                "rmse_m": float(np.sqrt(np.mean((p - t) ** 2)))}
-
-
-def _normal_angles(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    try:
-        from d3_perception.evaluation.metrics import normal_angles_deg
-
-        return normal_angles_deg(pred, target, mask)
-    except ImportError:
-        p = pred[mask] / np.maximum(np.linalg.norm(pred[mask], axis=1, keepdims=True), 1e-12)
-        t = target[mask] / np.linalg.norm(target[mask], axis=1, keepdims=True)
-        return np.degrees(np.arccos(np.clip(np.einsum("ij,ij->i", p, t), -1.0, 1.0)))
+    m = depth_metrics(pred_m, target_m, mask)
+    return {"abs_rel": m["abs_rel"], "delta1": m["delta1"], "rmse_m": m["rmse"]}
 
 
 @dataclass
@@ -104,7 +80,7 @@ class DemoAccumulator:
             pn = _fit_to(pred_normals, hw)
             nvalid = valid & np.isfinite(gt_n).all(axis=2) & np.isfinite(pn).all(axis=2)
             if nvalid.any():
-                ang = _normal_angles(pn, gt_n, nvalid)
+                ang = normal_angles_deg(pn, gt_n, nvalid)
                 metrics.update(normal_mean_deg=float(ang.mean()), normal_median_deg=float(np.median(ang)))
         else:
             pn = None
@@ -177,8 +153,7 @@ def montage(result: FrameResult) -> np.ndarray:
 def write_ply(path: Path, points: np.ndarray, rgb: np.ndarray, normals: np.ndarray | None) -> int:
     """Binary PLY of the finite points (``[H,W,3]`` each); returns the number of points written.
 
-    Uses ``d3_perception.geometry.ply.write_ply`` when the geometry package has it, else writes the same
-    standard vertex layout (x y z nx ny nz red green blue) here.
+    Written by :func:`d3_perception.geometry.ply.write_ply` (x y z [nx ny nz] red green blue).
     """
     pts = points.reshape(-1, 3)
     cols = rgb.reshape(-1, 3)
@@ -188,27 +163,7 @@ def write_ply(path: Path, points: np.ndarray, rgb: np.ndarray, normals: np.ndarr
         keep &= np.isfinite(nrm).all(axis=1)
     pts, cols = pts[keep].astype(np.float32), cols[keep].astype(np.uint8)
     nrm = nrm[keep].astype(np.float32) if nrm is not None else None
-    try:
-        from d3_perception.geometry.ply import write_ply as geometry_write_ply
-    except ImportError:
-        geometry_write_ply = None
-    if geometry_write_ply is not None:
-        geometry_write_ply(path, pts, colors=cols, normals=nrm)
-        return int(pts.shape[0])
-    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
-    if nrm is not None:
-        fields += [("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4")]
-    fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
-    vert = np.empty(pts.shape[0], dtype=fields)
-    vert["x"], vert["y"], vert["z"] = pts.T
-    if nrm is not None:
-        vert["nx"], vert["ny"], vert["nz"] = nrm.T
-    vert["red"], vert["green"], vert["blue"] = cols.T
-    header = ["ply", "format binary_little_endian 1.0", f"element vertex {pts.shape[0]}"]
-    header += [f"property {'float' if t == '<f4' else 'uchar'} {n}" for n, t in fields] + ["end_header"]
-    with open(path, "wb") as fh:
-        fh.write(("\n".join(header) + "\n").encode("ascii"))
-        fh.write(vert.tobytes())
+    geometry_write_ply(path, pts, colors=cols, normals=nrm)
     return int(pts.shape[0])
 
 
