@@ -30,10 +30,10 @@ from d3_perception.image_codec import COLOR_ENCODINGS, to_rgb8
 from d3_perception.model.processing import MIN_SIDE_PX, plan_geometry
 from d3_perception.parallel import RowWorkers
 from d3_perception.ros import conversions as conv
-from d3_perception.ros.diagnostics import PipelineStats, WarnThrottle
 from d3_perception.ros.frame_outputs import FrameOutputs, compute_outputs, needs_normals, output_messages
 from d3_perception.ros.frame_slot import FrameSlot
 from d3_perception.ros.params import NodeConfig
+from d3_perception.ros.pipeline_stats import PipelineStats, WarnThrottle
 from d3_perception.ros.sparse_reference import SparseReference, stamp_s
 
 __all__ = ["OUTPUTS", "CameraPipeline", "Frame", "FrameResult", "wanted_outputs"]
@@ -125,7 +125,7 @@ class CameraPipeline:
             self._aligner.set_config(cfg.metric)
 
     def bad(self, kind: str, reason: str) -> None:
-        """Count a bad input of ``kind`` (:data:`~.diagnostics.BAD_INPUT_KINDS`) and warn, throttled per kind."""
+        """Count a bad input of ``kind`` (:data:`~.pipeline_stats.BAD_INPUT_KINDS`) and warn, throttled per kind."""
         self.stats.bad(kind, reason)
         log, suppressed = self.throttle.should_log(kind)
         if log:

@@ -40,7 +40,7 @@ def rescale_sparse(sparse: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Problem:
-    """Why no reference could be used: a bad-input kind of :data:`~d3_perception.ros.diagnostics.BAD_INPUT_KINDS`
+    """Why no reference could be used: a bad-input kind of :data:`~d3_perception.ros.pipeline_stats.BAD_INPUT_KINDS`
     and a one-line reason."""
 
     kind: str

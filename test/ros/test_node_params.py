@@ -81,7 +81,7 @@ def test_configure_failure_leaves_the_node_alive_and_reports_why(node_factory, t
 
 
 def test_warnings_are_throttled_per_kind_and_count_what_was_suppressed():
-    from d3_perception.ros.diagnostics import WarnThrottle
+    from d3_perception.ros.pipeline_stats import WarnThrottle
 
     t = WarnThrottle(5.0)
     assert t.should_log("a", now=0.0) == (True, 0)
@@ -92,7 +92,7 @@ def test_warnings_are_throttled_per_kind_and_count_what_was_suppressed():
 
 
 def test_stats_report_recent_bad_input_once_and_exact_counters():
-    from d3_perception.ros.diagnostics import PipelineStats
+    from d3_perception.ros.pipeline_stats import PipelineStats
 
     s = PipelineStats()
     for i in range(10):

@@ -60,19 +60,19 @@ def _payloads(sent) -> dict[str, bytes]:
 
 
 def _run(node, sent, with_sparse: bool) -> dict[str, bytes]:
-    from d3_perception.ros.node import _Frame
+    from d3_perception.ros.pipeline import Frame
 
     client = Client.__new__(Client)  # only its message helpers
     stamp = 50.0
     rgb = make_rgb(H, W)
     rgb[H // 3, W // 4, 0] = 0  # relative 0 at one pixel: a cloud point closer than cloud_min_range_m
-    node._on_camera_info(client.camera_info(H, W, stamp))
+    node._pipeline.on_camera_info(client.camera_info(H, W, stamp))
     if with_sparse:
         rel = rgb[..., 0].astype(np.float32) / 255.0
         sparse = np.full((H, W), np.nan, np.float32)
         sparse[::7, ::5] = 3.0 * rel[::7, ::5] + 0.4
-        node._on_sparse(client.image_msg(sparse, "32FC1", stamp))
-    node._process(_Frame(client.image_msg(rgb, "rgb8", stamp), False, 0.0))
+        node._pipeline.on_sparse(client.image_msg(sparse, "32FC1", stamp))
+    node._process(Frame(client.image_msg(rgb, "rgb8", stamp), False, 0.0))
     return _payloads(sent)
 
 
@@ -101,7 +101,7 @@ def test_thread_count_changes_at_runtime(make_node):
 
     node, sent = make_node(postprocess_threads=2)
     one = _run(node, sent, False)
-    assert node._workers.threads == 2
+    assert node._pipeline.workers.threads == 2
     assert node.set_parameters([Parameter("postprocess_threads", value=1)])[0].successful
     assert _run(node, sent, False) == one
-    assert node._workers.threads == 1
+    assert node._pipeline.workers.threads == 1

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from d3_perception.ros.diagnostics import PipelineStats
 from d3_perception.ros.frame_slot import FrameSlot
+from d3_perception.ros.pipeline_stats import PipelineStats
 
 PERIOD = 1 / 30
 MAX_AGE = 0.5 * PERIOD  # as the node: fresh_frame_max_age_ratio 0.5
