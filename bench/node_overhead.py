@@ -1,8 +1,9 @@
 """P4: per-frame cost of the node's work except the model, at 640x480 with depth + normals + cloud.
 
-Stages of the node's worker thread, timed inside the node's own code (``D3PerceptionNode._process`` after the
-model calls ``d3_perception.ros.frame_outputs.compute_outputs`` and ``output_messages``; here in sparse_depth
-mode with model normals): decode (Image msg -> rgb), side_jobs (hand the model normals ->
+Stages of the node's worker thread, timed inside the node's own code (``CameraPipeline.process`` of
+``d3_perception.ros.pipeline``, which ``D3PerceptionNode`` calls per frame; here in sparse_depth mode with
+model normals, the model replaced by a stand-in that returns prepared outputs): decode (Image msg -> rgb),
+model (the stand-in: the backend chain's call and output checks), side_jobs (hand the model normals ->
 three optical-frame planes + the normals image to the helper threads of ``postprocess_threads``; with one
 thread: compute them), metric_fit (robust sparse fit + apply into the depth message buffer, then the colour
 map, while the helpers work), side_wait (for the normals the cloud needs), cloud (back-projection +
@@ -22,7 +23,6 @@ them (written here: sensor_msgs_py is not on the package registries).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -36,6 +36,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 H, W = 480, 640
+STAMP_S = 100  # of the image, its camera_info and its sparse reference
+
+
+def _header():
+    from std_msgs.msg import Header
+
+    header = Header(frame_id="camera_optical_frame")
+    header.stamp.sec = STAMP_S
+    return header
 
 
 def _inputs():
@@ -43,7 +52,7 @@ def _inputs():
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-    image_msg = numpy_to_msg(rgb, "rgb8")
+    image_msg = numpy_to_msg(rgb, "rgb8", _header())
     yy = np.linspace(0.1, 0.9, H, dtype=np.float32)[:, None]
     relative = np.broadcast_to(yy, (H, W)).copy() + rng.normal(0, 0.01, (H, W)).astype(np.float32)
     normals = rng.normal(size=(3, H, W)).astype(np.float32)  # backend layout, opengl convention
@@ -55,42 +64,69 @@ def _inputs():
     return image_msg, relative, normals, sparse, K
 
 
-@functools.cache
-def _modules():
-    from std_msgs.msg import Header
-
-    from d3_perception.image_codec import to_rgb8
-    from d3_perception.ros import conversions as conv
-    from d3_perception.ros.frame_outputs import compute_outputs, output_messages
-    from d3_perception.ros.params import config_from_values
-
-    cfg = config_from_values({"metric.mode": "sparse_depth"})  # the node's defaults otherwise (cloud 0.1-20 m)
-    return Header, to_rgb8, conv, compute_outputs, output_messages, cfg
-
-
-STAGES = ("decode", "side_jobs", "metric_fit", "side_wait", "cloud", "packing")
+STAGES = ("decode", "model", "side_jobs", "metric_fit", "side_wait", "cloud", "packing")
 WANT = {"depth": True, "relative": True, "camera_info": True, "colored": True, "normals": True,
         "normals_colored": False, "points": True, "info": False}
 
 
-def ours(image_msg, relative, normals_chw, sparse, K, aligner, timings, pool, workers):
-    """The node's own per-frame code (D3PerceptionNode._process after the model: decode, then
-    ``frame_outputs.compute_outputs`` and ``output_messages``), sparse_depth mode, model normals from a
-    built-in backend (unit: not renormalised). Outputs are computed straight into the message buffers of
-    ``pool``, reused across frames, so packing a message copies nothing."""
-    Header, to_rgb8, conv, compute_outputs, output_messages, cfg = _modules()  # imported once, like the node
-    header = Header(frame_id="camera_optical_frame")
+class _FixedModel:
+    """Stands in for the model: returns the prepared model outputs at once (only the node's own work is
+    timed). A built-in backend's contract: unit normals (``unit_normals``), opengl convention."""
+
+    unit_normals = True
+    normals_convention = "opengl"
+
+    def __init__(self, relative, normals_chw):
+        from d3_perception.backends import BackendInfo
+
+        self.info = BackendInfo(name="fixed", device="cpu", precision="fp32", model_id="fixed",
+                                tasks=("depth", "normals"), processing_resolution=768)
+        self._out = {"depth": relative[None], "normals": normals_chw[None]}
+
+    def predict(self, images, tasks=None):
+        return self._out
+
+    def close(self):
+        pass
+
+
+def make_pipeline(threads: int, inputs):
+    """A :class:`CameraPipeline` as the node builds it (its defaults, sparse_depth mode, ``threads`` helper
+    threads) with the camera_info and sparse reference of ``inputs`` received, and a backend chain around
+    :class:`_FixedModel`."""
+    from sensor_msgs.msg import CameraInfo
+
+    from d3_perception.backends.chain import BackendChain
+    from d3_perception.ros.conversions import numpy_to_msg
+    from d3_perception.ros.params import config_from_values
+    from d3_perception.ros.pipeline import CameraPipeline
+
+    image_msg, relative, normals, sparse, K = inputs
+    cfg = config_from_values({"metric.mode": "sparse_depth", "postprocess_threads": threads})
+    pipe = CameraPipeline(cfg, warn=lambda text: print(text, file=sys.stderr))
+    header = _header()
+    info = CameraInfo(header=header, height=H, width=W, k=[float(v) for v in K.ravel()])
+    pipe.on_camera_info(info)
+    pipe.on_sparse(numpy_to_msg(sparse, "32FC1", header))
+    chain = BackendChain(_FixedModel(relative, normals), [], lambda name: None)
+    return pipe, chain
+
+
+def ours(image_msg, pipe, chain, timings):
+    """The node's own per-frame code: ``CameraPipeline.process`` (decode, the model call, then
+    ``frame_outputs.compute_outputs`` and ``output_messages``), sparse_depth mode with model normals.
+    Outputs are computed straight into the message buffers of the pipeline's pool, reused across frames,
+    so packing a message copies nothing."""
+    from d3_perception.ros.pipeline import Frame
+
     t = [time.perf_counter()]
-    rgb = to_rgb8(conv.msg_to_numpy(image_msg, 8_294_400), image_msg.encoding)
-    t.append(time.perf_counter())
-    outputs = compute_outputs(cfg, WANT, rgb, relative, normals_chw, K, (H, W), pool, workers,
-                              lambda rel: aligner.update(rel, sparse), convention="opengl", renormalise=False,
-                              mark=lambda: t.append(time.perf_counter()))  # side_jobs, metric_fit, side_wait, cloud
-    msgs = list(output_messages(WANT, outputs, relative, K, (H, W), header, pool).values())
-    t.append(time.perf_counter())
+    result = pipe.process(Frame(image_msg, False, time.monotonic()), WANT, chain,
+                          mark=lambda: t.append(time.perf_counter()))
+    if result is None:
+        raise RuntimeError(f"the pipeline made no outputs: {pipe.stats.last_problem}")
     for name, a, b in zip(STAGES, t[:-1], t[1:], strict=True):
         timings.setdefault(name, []).append((b - a) * 1e3)
-    return msgs
+    return list(result.messages.values())
 
 
 def peer(image_msg, relative, normals_chw, sparse, K, timings):
@@ -138,9 +174,9 @@ def _stats(values):
     return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)), "n": int(a.size)}
 
 
-def _run(inputs, aligner, pool, workers, timings: dict, cpu: dict) -> None:
+def _run(image_msg, pipe, chain, timings: dict, cpu: dict) -> None:
     c0, t0 = time.process_time(), time.thread_time()
-    ours(*inputs, aligner, timings, pool, workers)
+    ours(image_msg, pipe, chain, timings)
     cpu.setdefault("cpu_total", []).append((time.process_time() - c0) * 1e3)  # every thread of the process
     cpu.setdefault("cpu_worker_thread", []).append((time.thread_time() - t0) * 1e3)  # the node's worker alone
 
@@ -172,32 +208,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1 or args.compare_threads < 0:
         parser.error("--threads must be >= 1 and --compare-threads >= 0")
 
-    from d3_perception.geometry.alignment import MetricAligner, MetricConfig
-    from d3_perception.geometry.pointcloud import RowWorkers
-    from d3_perception.ros.conversions import BufferPool
-
     inputs = _inputs()
-    pool = BufferPool()
+    image_msg = inputs[0]
     configs = {"ours": args.threads}
     if args.compare_threads and args.compare_threads != args.threads:
         configs[f"ours_{args.compare_threads}_thread{'s' if args.compare_threads > 1 else ''}"] = args.compare_threads
-    workers = {name: RowWorkers(n) for name, n in configs.items()}
-    aligners = {name: MetricAligner(MetricConfig(mode="sparse_depth", min_points=50)) for name in configs}
-    first = {name: _payloads(ours(*inputs, aligners[name], {}, pool, workers[name])) for name in configs}
+    pipes = {name: make_pipeline(n, inputs) for name, n in configs.items()}
+    first = {name: _payloads(ours(image_msg, *pipes[name], {})) for name in configs}
     for name, payloads in first.items():
         if payloads != first["ours"]:
             print(f"node_overhead: the messages of {name} differ from those with {args.threads} threads", file=sys.stderr)
             return 1
     for _ in range(args.warmup):
         for name in configs:
-            ours(*inputs, aligners[name], {}, pool, workers[name])
+            ours(image_msg, *pipes[name], {})
     timings: dict = {name: {} for name in configs}
     cpu: dict = {name: {} for name in configs}  # CPU time per frame: what it costs, whatever else runs on the cores
     for _ in range(args.frames):
         for name in configs:  # interleaved: the configurations see the same machine load
-            _run(inputs, aligners[name], pool, workers[name], timings[name], cpu[name])
-    for w in workers.values():
-        w.close()
+            _run(image_msg, *pipes[name], timings[name], cpu[name])
+    for pipe, _ in pipes.values():
+        pipe.close()
     peer_t: dict = {}
     peer(*inputs, {})  # warm-up
     for _ in range(args.peer_frames):

@@ -278,9 +278,13 @@ class CameraPipeline:
             return None
         return out
 
-    def process(self, frame: Frame, want: dict[str, bool], backends: BackendChain) -> FrameResult | None:
-        """Decode, run the model, post-process: the messages to publish, or None (bad input, nothing wanted)."""
-        cfg = self.cfg
+    def process(self, frame: Frame, want: dict[str, bool], backends: BackendChain,
+                mark: Callable[[], None] | None = None) -> FrameResult | None:
+        """Decode, run the model, post-process: the messages to publish, or None (bad input, nothing wanted).
+
+        mark: called at the end of the stages decode, model, side_jobs, metric_fit, side_wait, cloud and packing
+        (``bench/node_overhead.py``'s stage timer)."""
+        cfg, tick = self.cfg, mark or (lambda: None)
         t0 = time.perf_counter()
         rgb = self._decode(frame)
         if rgb is None:
@@ -294,6 +298,7 @@ class CameraPipeline:
             out_hw = (max(MIN_SIDE_PX, round(in_hw[0] * cfg.output_scale)),
                       max(MIN_SIDE_PX, round(in_hw[1] * cfg.output_scale)))
             rgb = cv2.resize(rgb, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_AREA)
+        tick()  # decode
         active = backends.current()
         if not any(want.values()) or active is None:
             return None
@@ -310,6 +315,7 @@ class CameraPipeline:
         inference_ms = (time.perf_counter() - t_model) * 1e3
         if out is None:
             return None
+        tick()  # model
         relative = None
         if has_depth:
             relative = np.asarray(out["depth"][0], dtype=np.float32)  # [H,W]
@@ -326,12 +332,14 @@ class CameraPipeline:
         outputs = compute_outputs(cfg, want, rgb, relative, model_n, K, out_hw, self._buffers,
                                   self._row_workers(cfg.postprocess_threads),
                                   functools.partial(self._align, frame, out_hw),
-                                  convention=active.normals_convention, renormalise=active.renormalise)
+                                  convention=active.normals_convention, renormalise=active.renormalise,
+                                  mark=mark)
         header = frame.msg.header
         info = self._info
         # the messages wrap the pool's buffers, reusable once publish() has serialized them
         messages = output_messages(want, outputs, relative, K, out_hw, header, self._buffers,
                                    info.msg if info else None)
+        tick()  # packing
         bi = active.backend.info
         return FrameResult(header, messages, outputs, bi, processing_hw(out_hw, bi.processing_resolution),
                            inference_ms, t0, want)
