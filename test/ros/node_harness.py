@@ -7,6 +7,7 @@ camera.launch.py) with the test's ROS environment; the client lives in the test 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -27,10 +28,18 @@ def start_node(ros_env: dict, tmp_path: Path, params: dict, namespace: str = "d3
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
     env.update(extra_env or {})
     log = open(tmp_path / f"node_{namespace}.log", "w")  # noqa: SIM115 - closed by stop_node
-    proc = subprocess.Popen(spec.cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(spec.cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=default_signal_dispositions)
     proc._d3_log = log  # type: ignore[attr-defined]
     proc._d3_log_path = tmp_path / f"node_{namespace}.log"  # type: ignore[attr-defined]
     return proc
+
+
+def default_signal_dispositions() -> None:
+    """In a child before exec: SIGINT/SIGTERM back to their defaults. A suite run as a background job has
+    SIGINT ignored, and an ignored disposition is inherited: the node would then never see a Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def node_log(proc) -> str:
