@@ -17,12 +17,14 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from d3_perception.backends import BACKENDS
 from d3_perception.cli_args import OneLineErrorParser, image_size, positive_float, run_cli
+from d3_perception.ros.launch_config import LaunchArgument
 
 __all__ = ["DEMO_LAUNCH_ARGUMENTS", "DemoArgument", "demo_specs", "main"]
 
@@ -155,21 +157,14 @@ def _ros_env(domain: int, ros_log_dir: Path) -> dict[str, str]:
     return env
 
 
-@dataclass(frozen=True)
-class DemoArgument:
-    """One launch argument of demo.launch.py (declared once, here)."""
-
-    name: str
-    default: str
-    description: str
-    choices: tuple[str, ...] | None = None
+DemoArgument = LaunchArgument  # one type for the arguments of both launch files
 
 
 DEMO_LAUNCH_ARGUMENTS: tuple[DemoArgument, ...] = (
     DemoArgument("namespace", "", "empty: camera in /camera, node in /d3; NS: node in /NS, camera in /NS/camera"),
     DemoArgument("checkpoint", "", "checkpoint directory; empty = bundled models/d3_demo_tiny (else the "
                  "node's default)"),
-    DemoArgument("backend", "auto", "inference backend", ("auto", "tensorrt", "onnxruntime", "torch")),
+    DemoArgument("backend", "auto", "inference backend", BACKENDS),
     DemoArgument("scene", "room", "synthetic world", ("room", "outdoor", "mixed")),
     DemoArgument("seed", "0", "scene seed"),
     DemoArgument("width", "320", "camera width in pixels"),

@@ -1,8 +1,12 @@
-"""Launch arguments -> node command, parameters, remaps and environment (no ROS imports).
+"""Launch arguments -> node command, parameters, remaps and environment, and what a launch starts (no ROS
+imports).
 
-ROS 2 launch is not on the package registries, so ``launch/camera.launch.py`` stays thin and calls
-:func:`node_command`; ``d3-demo`` starts the node as a subprocess with the same function, so both paths
-give the node the same parameters, remaps and Fast DDS profile.
+ROS 2 launch is not on the package registries, so the decisions live here, unit-tested: ``launch/camera.launch.py``
+calls :func:`node_command`, ``launch/demo.launch.py`` calls ``d3_perception.ros.demo.demo_specs``, and both hand
+their :class:`NodeLaunchSpec` list to :func:`launch_plan` (rviz2 added, or left out with a message when it is not
+installed) through the one launch fragment :mod:`d3_perception.ros.launch_actions`. ``d3-demo`` starts the node as
+a subprocess with the same :func:`node_command`, so every path gives the node the same parameters, remaps and
+Fast DDS profile.
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ __all__ = [
     "NODE_NAME",
     "PACKAGE",
     "LaunchArgument",
+    "LaunchPlan",
     "NodeLaunchSpec",
+    "launch_plan",
     "node_command",
     "package_share_dir",
     "parse_bool",
+    "rviz_missing_reason",
+    "rviz_spec",
 ]
 
 PACKAGE = "d3_perception"
@@ -39,7 +47,8 @@ _PARAM_TYPES = (bool, int, float, str)
 
 @dataclass(frozen=True)
 class LaunchArgument:
-    """One ``DeclareLaunchArgument`` of camera.launch.py (declared once, here)."""
+    """One ``DeclareLaunchArgument`` of a launch file (camera.launch.py's here, demo.launch.py's in
+    ``d3_perception.ros.demo``); each is declared once, in its table."""
 
     name: str
     default: str
@@ -79,6 +88,8 @@ class NodeLaunchSpec:
     executable: str = NODE_EXECUTABLE
     package: str = PACKAGE
     arguments: list[str] = field(default_factory=list)  # --ros-args part of cmd (for launch_ros `ros_arguments`)
+    program_arguments: list[str] = field(default_factory=list)  # plain arguments before --ros-args (rviz2's -d, -f)
+    output: str = "screen"  # launch_ros `output`: "screen" or "log"
 
 
 def parse_bool(value, name: str = "value") -> bool:
@@ -215,3 +226,66 @@ def node_command(
     cmd = [python or sys.executable, "-m", NODE_MODULE, *ros_args]
     return NodeLaunchSpec(cmd=cmd, params=params, remaps=remaps, env=env, name=node_name, namespace=ns,
                           params_file=str(pfile), arguments=ros_args)
+
+
+RVIZ_PACKAGE = "rviz2"
+
+
+def rviz_missing_reason() -> str | None:
+    """None when launch_ros can start rviz2 (the ``rviz2`` package with its ``lib/rviz2/rviz2`` executable in the
+    ament index, the way ``Node(package="rviz2", executable="rviz2")`` resolves it), else why not, in words."""
+    try:
+        from ament_index_python.packages import get_package_prefix
+    except ImportError:
+        return "ament_index_python is not importable (no ROS 2 installation sourced)"
+    try:
+        prefix = Path(get_package_prefix(RVIZ_PACKAGE))
+    except Exception:  # noqa: BLE001 - PackageNotFoundError, or a broken AMENT_PREFIX_PATH
+        return (f"the {RVIZ_PACKAGE} package is not installed (e.g. apt install ros-$ROS_DISTRO-rviz2, then source "
+                "the ROS 2 setup)")
+    exe = prefix / "lib" / RVIZ_PACKAGE / "rviz2"
+    if not exe.is_file():
+        return f"{exe} does not exist"
+    return None
+
+
+def rviz_spec(node: NodeLaunchSpec, frame: str = "", share_dir: str | os.PathLike | None = None) -> NodeLaunchSpec:
+    """rviz2 with launch/d3_perception.rviz in ``node``'s namespace (the config's relative topic names resolve
+    to its outputs), ``use_sim_time`` as the node has it, fixed frame ``frame`` ('' = the config's)."""
+    config = str(Path(share_dir) if share_dir else package_share_dir()) + "/launch/d3_perception.rviz"
+    args = ["-d", config, *(["-f", frame] if frame else [])]
+    params = {"use_sim_time": bool(node.params.get("use_sim_time", False))}
+    ros_args = ["--ros-args", "-p", f"use_sim_time:={_ros_value(params['use_sim_time'])}"]
+    if node.namespace:
+        ros_args += ["-r", f"__ns:={node.namespace}"]
+    return NodeLaunchSpec(cmd=["rviz2", *args, *ros_args], params=params, remaps=[], env={}, name="rviz2",
+                          namespace=node.namespace, executable="rviz2", package=RVIZ_PACKAGE, arguments=ros_args,
+                          program_arguments=args, output="log")
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What a launch file starts, and the messages it logs first."""
+
+    specs: tuple[NodeLaunchSpec, ...]
+    messages: tuple[str, ...] = ()
+
+
+def launch_plan(specs, rviz: bool | str, viewer_of: NodeLaunchSpec, frame: str = "", *,
+                rviz_missing=rviz_missing_reason) -> LaunchPlan:
+    """``specs`` plus rviz2 (:func:`rviz_spec` of ``viewer_of``) when ``rviz`` is true.
+
+    Decided before launch starts anything: without rviz2 (``rviz_missing()`` gives the reason) the nodes start
+    without it and the first message says why, so ``rviz:=true`` never leaves a node orphaned by a failed
+    rviz2 start. Raises ``ValueError`` for an ``rviz`` value that is not a boolean.
+    """
+    specs = tuple(specs)
+    if not parse_bool(rviz, "rviz"):
+        return LaunchPlan(specs)
+    reason = rviz_missing()
+    if reason is not None:
+        return LaunchPlan(specs, (f"rviz:=true but rviz2 cannot start: {reason}. Starting "
+                                  f"{', '.join(s.name for s in specs)} without rviz; view the outputs from a machine "
+                                  f"with rviz2: rviz2 -d launch/d3_perception.rviz --ros-args -r "
+                                  f"__ns:={viewer_of.namespace or '/'}",))
+    return LaunchPlan((*specs, rviz_spec(viewer_of, frame)))

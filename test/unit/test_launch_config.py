@@ -11,9 +11,12 @@ import yaml
 from d3_perception.ros.launch_config import (
     BACKEND_CHOICES,
     LAUNCH_ARGUMENTS,
+    LaunchArgument,
+    launch_plan,
     node_command,
     package_share_dir,
     parse_bool,
+    rviz_missing_reason,
 )
 from d3_perception.ros.params import PARAMETERS, config_from_values
 
@@ -105,12 +108,69 @@ def test_launch_arguments_are_the_documented_set():
     assert set(BACKEND_CHOICES) <= set(backend.choices)
 
 
-def test_launch_file_declares_from_the_table_and_calls_node_command():
-    tree = ast.parse((REPO / "launch" / "camera.launch.py").read_text())
+def _calls_and_imports(path: Path) -> tuple[set[str], set[str]]:
+    tree = ast.parse(path.read_text())
     called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-    assert {"node_command", "DeclareLaunchArgument", "Node"} <= called
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
-    assert "LAUNCH_ARGUMENTS" in imported
+    return called, imported
+
+
+@pytest.mark.parametrize("launch_file, table, mapping", [
+    ("camera.launch.py", "LAUNCH_ARGUMENTS", "node_command"),
+    ("demo.launch.py", "DEMO_LAUNCH_ARGUMENTS", "demo_specs"),
+])
+def test_both_launch_files_go_through_the_one_fragment(launch_file, table, mapping):
+    """Each launch file only maps its table's values to specs; declaring, rviz2 and Node actions are the shared
+    fragment's (so the two cannot drift apart again, as they did over use_sim_time for rviz2)."""
+    called, imported = _calls_and_imports(REPO / "launch" / launch_file)
+    assert {mapping, "launch_description"} <= called and table in imported
+    assert not {"Node", "DeclareLaunchArgument"} & (called | imported), f"{launch_file} builds actions itself"
+    called, _ = _calls_and_imports(REPO / "d3_perception" / "ros" / "launch_actions.py")
+    assert {"DeclareLaunchArgument", "Node", "launch_plan"} <= called
+
+
+def test_demo_arguments_are_the_same_type():
+    from d3_perception.ros.demo import DEMO_LAUNCH_ARGUMENTS
+
+    assert all(type(a) is LaunchArgument for a in (*LAUNCH_ARGUMENTS, *DEMO_LAUNCH_ARGUMENTS))
+
+
+def _plan(rviz, missing, use_sim_time=True, namespace="front", frame="cam_optical_frame"):
+    node = node_command(namespace=namespace, use_sim_time=use_sim_time, base_env={})
+    return node, launch_plan([node], rviz, node, frame, rviz_missing=lambda: missing)
+
+
+def test_rviz_is_added_with_the_nodes_namespace_and_sim_time():
+    node, plan = _plan("true", None)
+    assert [s.name for s in plan.specs] == ["d3_perception_node", "rviz2"] and plan.messages == ()
+    rviz = plan.specs[1]
+    assert rviz.package == "rviz2" and rviz.namespace == "/front" and rviz.params == {"use_sim_time": True}
+    assert rviz.program_arguments == ["-d", str(REPO / "launch" / "d3_perception.rviz"), "-f", "cam_optical_frame"]
+    assert rviz.output == "log"
+    assert _plan("true", None, use_sim_time=False, frame="")[1].specs[1].program_arguments[-1].endswith(".rviz")
+
+
+def test_without_rviz2_the_node_starts_alone_and_the_message_says_why():
+    node, plan = _plan("true", "the rviz2 package is not installed")
+    assert plan.specs == (node,)
+    assert len(plan.messages) == 1 and "rviz:=true but rviz2 cannot start" in plan.messages[0]
+    assert "not installed" in plan.messages[0] and "__ns:=/front" in plan.messages[0]
+
+
+def test_rviz_false_never_looks_for_rviz2():
+    def fail():
+        raise AssertionError("rviz2 looked up although rviz is false")
+
+    node = node_command(base_env={})
+    assert launch_plan([node], "false", node, rviz_missing=fail).specs == (node,)
+    with pytest.raises(ValueError, match="`rviz` must be true or false"):
+        launch_plan([node], "maybe", node, rviz_missing=fail)
+
+
+def test_rviz2_lookup_here_reports_it_missing():
+    """This environment has no rviz2 (PyPI ROS 2): the real lookup says so instead of raising."""
+    reason = rviz_missing_reason()
+    assert reason is not None and ("rviz2" in reason or "ament_index_python" in reason)
 
 
 def test_params_file_documents_every_parameter_with_its_default():
