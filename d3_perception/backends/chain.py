@@ -27,6 +27,11 @@ class ActiveBackend:
     normals_convention: str  # "optical" or "opengl" (see d3_perception.geometry.normals)
     renormalise: bool  # the backend does not promise unit normals (Backend.unit_normals is False)
 
+    def describe(self) -> str:
+        i = self.backend.info
+        return (f"model {i.model_id!r} on {i.name} ({i.device}, {i.precision}), tasks {','.join(i.tasks)}, "
+                f"processing resolution {i.processing_resolution}, normals convention {self.normals_convention}")
+
 
 class BackendChain:
     """``create(name) -> Backend`` builds a fallback; ``log(text)`` reports switches and exhausted fallbacks;

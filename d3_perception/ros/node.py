@@ -15,13 +15,10 @@ and logged (throttled); the node never dies on a message, and exits 0 on SIGINT/
 
 from __future__ import annotations
 
-import argparse
 import functools
-import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 import rclpy
 from d3_perception.msg import PredictionInfo
@@ -33,11 +30,18 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-from d3_perception.backends import PLUGIN_PREFIX, create_backend, fallback_names
+from d3_perception.backends import create_backend, fallback_names
 from d3_perception.backends.chain import BackendChain
 from d3_perception.ros.diagnostics import NodeState, diagnostic_array, prediction_info
-from d3_perception.ros.launch_config import NODE_NAME, package_share_dir
-from d3_perception.ros.params import PARAMETERS, SPECS, NodeConfig, config_from_values
+from d3_perception.ros.entry import executable_parser, ignore_further_signals, split_ros_args
+from d3_perception.ros.launch_config import NODE_NAME
+from d3_perception.ros.params import (
+    PARAMETERS,
+    SPECS,
+    NodeConfig,
+    config_keeping_good_values,
+    resolve_checkpoint,
+)
 from d3_perception.ros.pipeline import CameraPipeline, Frame, wanted_outputs
 from d3_perception.ros.sparse_reference import stamp_s
 
@@ -47,24 +51,6 @@ _OUTPUT_TOPICS = {"depth": (Image, "depth"), "relative": (Image, "depth/relative
                   "camera_info": (CameraInfo, "depth/camera_info"), "colored": (Image, "depth/colored"),
                   "normals": (Image, "normals"), "normals_colored": (Image, "normals/colored"),
                   "points": (PointCloud2, "points"), "info": (PredictionInfo, "~/info")}
-
-
-def resolve_checkpoint(path: str, backend: str) -> str:
-    """The checkpoint directory to load ('' = the bundled model); raises ``ValueError`` with the reason."""
-    if not path:
-        if backend.startswith(PLUGIN_PREFIX):
-            return ""
-        models = package_share_dir() / "models"
-        found = sorted(p.parent for p in models.glob("*/config.json")) if models.is_dir() else []
-        if not found:
-            raise ValueError(f"`checkpoint` must be set (no bundled model under {models})")
-        return str(found[0])
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        raise ValueError(f"`checkpoint` must be an existing checkpoint directory; got {path!r} (not found)")
-    if not (p / "config.json").is_file():
-        raise ValueError(f"`checkpoint` must contain config.json; got {path!r}")
-    return str(p)
 
 
 class D3PerceptionNode(LifecycleNode):
@@ -93,11 +79,6 @@ class D3PerceptionNode(LifecycleNode):
         # instead of reporting its failed publish as bad input.
         self.context.on_shutdown(self._stop.set)
 
-    @property
-    def stats(self):
-        """The pipeline's :class:`~d3_perception.ros.pipeline_stats.PipelineStats`."""
-        return self._pipeline.stats
-
     # ------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
         """Declare every parameter of :data:`PARAMETERS` with description, range and read-only flag."""
@@ -113,32 +94,17 @@ class D3PerceptionNode(LifecycleNode):
             self.declare_parameter(spec.name, spec.default, desc)
 
     def _read_config(self) -> NodeConfig:
-        values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
-        try:
-            return config_from_values(values)
-        except ValueError as exc:
-            # A bad params file must not kill the node: fall back to the defaults of the broken values.
-            self.get_logger().error(f"invalid parameters, using defaults where needed: {exc}")
-            good = {}
-            for name, value in values.items():
-                try:
-                    config_from_values({**good, name: value})
-                    good[name] = value
-                except ValueError:
-                    pass
-            return config_from_values(good)
+        cfg, error = config_keeping_good_values({s.name: self.get_parameter(s.name).value for s in PARAMETERS})
+        if error:  # a bad params file must not kill the node
+            self.get_logger().error(f"invalid parameters, using defaults where needed: {error}")
+        return cfg
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         values = {p.name: p.value for p in params if p.name in SPECS}
-        for name in values:
-            if SPECS[name].read_only:
-                return SetParametersResult(successful=False, reason=f"`{name}` is read-only (set it at start-up)")
-        try:
-            self._cfg.with_values(values)
-        except (ValueError, TypeError) as exc:
-            self._pipeline.bad("parameter", f"rejected: {exc}")
-            return SetParametersResult(successful=False, reason=str(exc))
-        return SetParametersResult(successful=True)
+        reason = self._cfg.update_refusal(values)
+        if reason and "read-only" not in reason:
+            self._pipeline.bad("parameter", f"rejected: {reason}")
+        return SetParametersResult(successful=not reason, reason=reason)
 
     def _on_parameters_set(self, params) -> None:
         values = {p.name: p.value for p in params if p.name in SPECS}
@@ -150,10 +116,10 @@ class D3PerceptionNode(LifecycleNode):
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         cfg = self._cfg
-        create = functools.partial(self._create_backend, cfg=cfg)
         try:
             checkpoint = resolve_checkpoint(cfg.checkpoint, cfg.backend)
-            first = create(cfg.backend, checkpoint)
+            create = functools.partial(create_backend, checkpoint=checkpoint, **cfg.backend_options())
+            first = create(cfg.backend)
         except Exception as exc:  # noqa: BLE001 - any load failure is reported, the node stays alive
             self._configure_error = f"cannot load model: {type(exc).__name__}: {exc}"
             self._pipeline.stats.bad("configure", self._configure_error)
@@ -161,23 +127,11 @@ class D3PerceptionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._configure_error = ""
         self._backends = BackendChain(first, fallback_names(first.info.name, cfg.fallback_backends),
-                                      lambda name: create(name, checkpoint), checkpoint,
-                                      log=self._log_backend_error, on_switch=self._log_backend)
+                                      create, checkpoint, log=self._log_backend_error,
+                                      on_switch=lambda active: self.get_logger().info(active.describe()))
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2, reliability=ReliabilityPolicy.RELIABLE)
         self._pubs = {name: self.create_publisher(cls, topic, qos) for name, (cls, topic) in _OUTPUT_TOPICS.items()}
         return TransitionCallbackReturn.SUCCESS
-
-    @staticmethod
-    def _create_backend(name: str, checkpoint: str, cfg: NodeConfig):
-        return create_backend(name, checkpoint, device=cfg.device or None, precision=cfg.precision,
-                              processing_resolution=cfg.processing_resolution or None,
-                              cache_dir=cfg.engine_cache_dir or None)
-
-    def _log_backend(self, active) -> None:
-        i = active.backend.info
-        self.get_logger().info(f"model {i.model_id!r} on {i.name} ({i.device}, {i.precision}), tasks "
-                               f"{','.join(i.tasks)}, processing resolution {i.processing_resolution}, "
-                               f"normals convention {active.normals_convention}")
 
     def _log_backend_error(self, text: str) -> None:
         if "no fallback backend is left" not in text or self._pipeline.throttle.should_log("no_fallback")[0]:
@@ -213,10 +167,7 @@ class D3PerceptionNode(LifecycleNode):
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_pipeline()
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
+    on_shutdown = on_cleanup
 
     def _stop_pipeline(self) -> None:
         self._active = False
@@ -265,8 +216,8 @@ class D3PerceptionNode(LifecycleNode):
         if result is None:
             return
         for name, msg in result.messages.items():
-            if self._stop.is_set():
-                return  # deactivating or shutting down: this frame is abandoned
+            if not self.context.ok():
+                return  # shutting down: nothing can be published any more
             pubs[name].publish(msg)
         latency_ms = self._pipeline.finish(result, self._now_s())
         if result.want["info"]:
@@ -290,40 +241,18 @@ class D3PerceptionNode(LifecycleNode):
         return diagnostic_array(state, self._pipeline.stats.snapshot(), self._cfg, self.get_clock().now().to_msg())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        prog="d3_perception_node",
-        description="D3-Predictor ROS 2 node: image -> depth, normals, point cloud (lifecycle, autostart).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  python -m d3_perception.ros.node --ros-args --params-file config/d3_perception.yaml\n"
-               "  ros2 run d3_perception d3_perception_node --ros-args -p checkpoint:=/models/d3 \\\n"
-               "      -p metric.mode:=fixed -p metric.fixed_scale:=4.0 -r image:=/camera/color/image_raw\n"
-               "parameters and topics: docs/node.md",
-    )
-
-
-def _split_ros_args(args: list[str]) -> tuple[list[str], list[str]]:
-    """(arguments before --ros-args: ours, the --ros-args part for rclpy); no rclpy needed to split."""
-    if "--ros-args" in args:
-        i = args.index("--ros-args")
-        return args[:i], args[i:]
-    return args, []
-
-
-def _ignore_further_signals() -> None:
-    """Shutdown has begun: another SIGINT/SIGTERM (launch sends a second one) must not interrupt the cleanup
-    with a KeyboardInterrupt; the cleanup is bounded (worker join timeout) and ends with exit code 0."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            signal.signal(sig, signal.SIG_IGN)
-        except (ValueError, OSError):  # not the main thread (main() called from a test thread)
-            pass
+def build_parser():
+    return executable_parser(
+        "d3_perception_node", "D3-Predictor ROS 2 node: image -> depth, normals, point cloud (lifecycle, autostart).",
+        ["python -m d3_perception.ros.node --ros-args --params-file config/d3_perception.yaml",
+         "ros2 run d3_perception d3_perception_node --ros-args -p checkpoint:=/models/d3 \\",
+         "    -p metric.mode:=fixed -p metric.fixed_scale:=4.0 -r image:=/camera/color/image_raw",
+         "parameters and topics: docs/node.md"])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
-    ours, ros_args = _split_ros_args(args)
+    ours, ros_args = split_ros_args(args)
     build_parser().parse_args(ours)  # --help prints and exits 0 here, before rclpy starts
     node = executor = None
     try:
@@ -337,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        _ignore_further_signals()
+        ignore_further_signals()
         try:
             if node is not None:
                 node._stop_pipeline()

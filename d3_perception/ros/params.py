@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from d3_perception.backends import BACKENDS, PLUGIN_PREFIX
 from d3_perception.geometry.alignment import METRIC_MODES, MetricConfig
 
-__all__ = ["COLORMAPS", "PARAMETERS", "SPECS", "NodeConfig", "ParamSpec", "check_value", "config_from_values"]
+__all__ = ["COLORMAPS", "PARAMETERS", "SPECS", "NodeConfig", "ParamSpec", "check_value", "config_from_values",
+           "config_keeping_good_values", "resolve_checkpoint"]
 
 COLORMAPS = ("turbo", "inferno", "viridis", "jet", "magma", "plasma", "gray")
 
@@ -191,6 +193,23 @@ class NodeConfig:
         current.update(values)
         return config_from_values(current)
 
+    def update_refusal(self, values: dict[str, Any]) -> str:
+        """Why a runtime update of parameter ``values`` is refused ('' = it is accepted): a read-only
+        parameter, or a value that breaks the config."""
+        for name in values:
+            if SPECS[name].read_only:
+                return f"`{name}` is read-only (set it at start-up)"
+        try:
+            self.with_values(values)
+        except (ValueError, TypeError) as exc:
+            return str(exc)
+        return ""
+
+    def backend_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`d3_perception.backends.create_backend` ('' / 0 = its default)."""
+        return dict(device=self.device or None, precision=self.precision,
+                    processing_resolution=self.processing_resolution or None, cache_dir=self.engine_cache_dir or None)
+
     def as_values(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in fields(self):
@@ -235,3 +254,40 @@ def config_from_values(values: dict[str, Any]) -> NodeConfig:
 
 
 
+
+
+def config_keeping_good_values(values: dict[str, Any]) -> tuple[NodeConfig, str]:
+    """(config, "") for valid ``values``; otherwise (the config with the default of every value that breaks it,
+    the error): a bad params file must not kill the node."""
+    try:
+        return config_from_values(values), ""
+    except ValueError as exc:
+        good: dict[str, Any] = {}
+        for name, value in values.items():
+            try:
+                config_from_values({**good, name: value})
+                good[name] = value
+            except ValueError:
+                pass
+        return config_from_values(good), str(exc)
+
+
+def resolve_checkpoint(path: str, backend: str) -> str:
+    """The checkpoint directory of the ``checkpoint`` parameter ('' = the first bundled model under the package's
+    models/; stays '' for a plugin backend); raises ``ValueError`` with the reason."""
+    from d3_perception.ros.launch_config import package_share_dir
+
+    if not path:
+        if backend.startswith(PLUGIN_PREFIX):
+            return ""
+        models = package_share_dir() / "models"
+        found = sorted(p.parent for p in models.glob("*/config.json")) if models.is_dir() else []
+        if not found:
+            raise ValueError(f"`checkpoint` must be set (no bundled model under {models})")
+        return str(found[0])
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ValueError(f"`checkpoint` must be an existing checkpoint directory; got {path!r} (not found)")
+    if not (p / "config.json").is_file():
+        raise ValueError(f"`checkpoint` must contain config.json; got {path!r}")
+    return str(p)

@@ -61,7 +61,7 @@ def test_runtime_set_is_validated_and_applied(node_factory):
     assert node._cfg.colormap == "turbo"
     out_of_range = node.set_parameters([Parameter("cloud_stride", value=1000)])[0]
     assert not out_of_range.successful
-    assert node.stats.bad_input["parameter"] >= 1
+    assert node._pipeline.stats.bad_input["parameter"] >= 1
 
 
 def test_a_bad_params_file_value_does_not_kill_the_node(node_factory, tmp_path):

@@ -86,7 +86,7 @@ def test_outputs_are_identical_with_and_without_helper_threads(make_node, params
     for threads in (1, 2, 3):
         node, sent = make_node(postprocess_threads=threads, **params)
         results.append(_run(node, sent, params["metric.mode"] == "sparse_depth"))
-        assert node.stats.snapshot().bad_input == {}, node.stats.snapshot().last_problem
+        assert node._pipeline.stats.snapshot().bad_input == {}, node._pipeline.stats.snapshot().last_problem
     expected = {"relative", "camera_info", "colored", "normals", "normals_colored", "points", "info"}
     if params["metric.mode"] != "none":
         expected.add("depth")
