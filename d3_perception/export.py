@@ -79,11 +79,11 @@ def parity_report(checkpoint, onnx_path, *, sizes: Sequence[tuple[int, int]] | N
 def build_tensorrt_engine(checkpoint, onnx_path, *, precision: str = "fp16", resolution: int | None = None,
                           max_batch: int = 1, cache_dir=None, fp16_tolerance: float = 0.05, **inject) -> dict[str, Any]:
     """Build (or find in the cache) a validated TensorRT engine; returns what happened as a dict."""
-    from d3_perception.backends.tensorrt_backend import TensorRTBackend
+    from d3_perception.backends import create_backend
 
-    backend = TensorRTBackend(checkpoint, onnx_path=onnx_path, precision=precision,
-                              processing_resolution=resolution, max_batch=max_batch, cache_dir=cache_dir,
-                              fp16_tolerance=fp16_tolerance, **inject)
+    backend = create_backend("tensorrt", checkpoint, onnx_path=onnx_path, precision=precision,
+                             processing_resolution=resolution, max_batch=max_batch, cache_dir=cache_dir,
+                             fp16_tolerance=fp16_tolerance, **inject)
     engine_path, key_path = backend.cache.paths(backend.key)
     meta = json.loads(key_path.read_text())
     return {"engine": str(engine_path), "key_file": str(key_path), "status": backend.cache_status,
