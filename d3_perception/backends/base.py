@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,45 @@ class Backend:
             raw = self.run_network(x, tasks)
             chunks.append(postprocess({t: raw[t] for t in tasks}, geo))
         return {t: np.concatenate([c[t] for c in chunks]) for t in tasks}
+
+    def predict_many(self, images: Sequence[np.ndarray], tasks: tuple[str, ...] | None = None
+                     ) -> list[dict[str, np.ndarray]]:
+        """Frames of different sizes (each ``[H_i,W_i,3]``) -> one output dict per frame (``{"depth": [1,H_i,W_i],
+        "normals": [1,3,H_i,W_i]}``), as :meth:`predict` on each frame would give. Frames whose network inputs
+        have the same size run together: one :meth:`run_network` call per size (and chunk of
+        :attr:`batch_size`), however many cameras sent them. A backend that overrides only :meth:`predict`
+        gets one call per input size."""
+        from d3_perception.model.processing import check_inputs, postprocess, preprocess
+
+        tasks = self.check_tasks(tasks)
+        frames = [check_inputs(im) for im in images]  # each [1,H,W,3]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, f in enumerate(frames):
+            by_size.setdefault(f.shape[1:3], []).append(i)
+        results: list[dict[str, np.ndarray]] = [{} for _ in frames]
+        if type(self).run_network is Backend.run_network:  # a plugin with its own predict
+            for idx in by_size.values():
+                out = self.predict(np.concatenate([frames[i] for i in idx]), tasks=tasks)
+                for k, i in enumerate(idx):
+                    results[i] = {t: v[k:k + 1] for t, v in out.items()}
+            return results
+        # preprocess per input size, then one network input per padded size
+        groups: dict[tuple[int, int], list[tuple[list[int], object, np.ndarray]]] = {}
+        for idx in by_size.values():
+            x, geo = preprocess(np.concatenate([frames[i] for i in idx]), self.info.processing_resolution,
+                                self.config.input_range)
+            groups.setdefault(geo.padded_hw, []).append((idx, geo, x))
+        for parts in groups.values():
+            x = np.concatenate([p[2] for p in parts])
+            raws = [self.run_network(x[s:s + self.batch_size], tasks) for s in range(0, len(x), self.batch_size)]
+            raw = {t: np.concatenate([r[t] for r in raws]) for t in tasks}
+            start = 0
+            for idx, geo, _ in parts:
+                out = postprocess({t: raw[t][start:start + len(idx)] for t in tasks}, geo)
+                start += len(idx)
+                for k, i in enumerate(idx):
+                    results[i] = {t: out[t][k:k + 1] for t in tasks}
+        return results
 
     def run_network(self, x: np.ndarray, tasks: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """The raw network call: ``x`` ``[n,3,h,w]`` float32 in ``config.input_range`` (h, w multiples of 64) ->

@@ -155,3 +155,49 @@ def test_chain_without_fallbacks_keeps_the_backend_and_says_none_is_left():
             chain.predict(np.zeros((16, 16, 3), np.uint8), ("depth",), max_failures=2)
     assert chain.backend.info.name == "bad" and chain.switches == 0
     assert log == ["backend keeps failing (2 consecutive failures, last: bad failed) and no fallback backend is left"]
+
+
+def test_frames_of_several_cameras_share_one_network_call_per_size_and_equal_separate_calls():
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, hw + (3,), dtype=np.uint8) for hw in ((48, 64), (30, 40), (48, 64), (64, 32))]
+    batched = NetworkOnly(batch_size=8)
+    outs = batched.predict_many(frames)
+    # (48,64) x2 and (30,40) pad to 64x64: one call; (64,32) pads to 64x64 as well (long side 64) -> one call
+    assert batched.shapes == [(4, 3, 64, 64)]
+    single = NetworkOnly()
+    for frame, out in zip(frames, outs, strict=True):
+        ref = single.predict(frame)
+        assert set(out) == {"depth", "normals"}
+        np.testing.assert_allclose(out["depth"], ref["depth"], atol=1e-6)
+        np.testing.assert_allclose(out["normals"], ref["normals"], atol=1e-6)
+
+
+def test_predict_many_on_the_real_torch_backend_equals_predict(tmp_path):
+    pytest.importorskip("torch")
+    from d3_perception.model.checkpoint import build_random_checkpoint
+
+    ckpt = build_random_checkpoint(tmp_path / "ckpt", preset="tiny", seed=0)
+    backend = create_backend("torch", ckpt, device="cpu", processing_resolution=64)
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 256, hw + (3,), dtype=np.uint8) for hw in ((48, 64), (30, 40), (64, 48))]
+    for frame, out in zip(frames, backend.predict_many(frames), strict=True):
+        ref = backend.predict(frame)
+        for task in ref:
+            np.testing.assert_allclose(out[task], ref[task], atol=2e-4, err_msg=task)
+
+
+def test_predict_many_with_a_plugin_that_only_overrides_predict():
+    class Plugin(Backend):
+        info = BackendInfo("plugin", "cpu", "fp32", "m", ("depth",), 64)
+        calls = 0
+
+        def predict(self, images, tasks=None):
+            Plugin.calls += 1
+            return {"depth": images[..., 0].astype(np.float32) / 255.0}
+
+    frames = [np.full((16, 16, 3), v, np.uint8) for v in (0, 51, 102)] + [np.full((8, 16, 3), 255, np.uint8)]
+    plugin = Plugin()
+    plugin.config = ModelConfig.preset("tiny", tasks=("depth",))
+    outs = plugin.predict_many(frames)
+    assert Plugin.calls == 2  # one call per input size
+    assert [float(o["depth"].max()) for o in outs] == pytest.approx([0.0, 0.2, 0.4, 1.0])
