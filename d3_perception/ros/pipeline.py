@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from d3_perception.backends.chain import BackendChain
+from d3_perception.backends.chain import ActiveBackend, BackendChain
 from d3_perception.geometry.alignment import AlignmentResult, MetricAligner
 from d3_perception.geometry.intrinsics import scale_intrinsics
 from d3_perception.image_codec import COLOR_ENCODINGS, to_rgb8
@@ -36,7 +36,7 @@ from d3_perception.ros.params import NodeConfig
 from d3_perception.ros.pipeline_stats import PipelineStats, WarnThrottle
 from d3_perception.ros.sparse_reference import SparseReference, stamp_s
 
-__all__ = ["OUTPUTS", "CameraPipeline", "Frame", "FrameResult", "wanted_outputs"]
+__all__ = ["OUTPUTS", "CameraPipeline", "Frame", "FrameResult", "Prepared", "wanted_outputs"]
 
 FRESH_WAIT_PERIODS = 1.5  # wait_for_fresh_frame: a stale frame is held at most this many periods old
 OUTPUTS = ("depth", "relative", "camera_info", "colored", "normals", "normals_colored", "points", "info")
@@ -72,6 +72,20 @@ class FrameResult:
     inference_ms: float
     started: float  # time.perf_counter() when the worker took the frame
     want: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """A decoded frame waiting for the model (:meth:`CameraPipeline.prepare`)."""
+
+    frame: Frame
+    rgb: np.ndarray  # [H,W,3] uint8 at the output size
+    in_hw: tuple[int, int]  # the image's size
+    out_hw: tuple[int, int]  # the outputs' size (output_scale)
+    want: dict[str, bool]
+    tasks: tuple[str, ...]  # model tasks this frame needs
+    active: ActiveBackend  # the backend the tasks were chosen for
+    started: float  # time.perf_counter() when the worker took the frame
 
 
 def _carry_reset(dropped: Frame, newer: Frame) -> None:
@@ -264,27 +278,10 @@ class CameraPipeline:
             self.workers = RowWorkers(threads)
         return self.workers
 
-    def _predict(self, backends: BackendChain, rgb: np.ndarray, tasks: tuple[str, ...]):
-        """``{task: [1,...]}`` of the running backend, or None (counted as model_error) when it failed."""
-        backend = backends.backend
-        try:
-            out = backends.predict(rgb[None], tasks, self.cfg.max_consecutive_failures)
-            h, w = rgb.shape[:2]
-            for task, shape in (("depth", (1, h, w)), ("normals", (1, 3, h, w))):
-                if task in tasks and np.shape(out.get(task)) != shape:
-                    raise ValueError(f"`{task}` output must be {list(shape)}; got {np.shape(out.get(task))}")
-        except Exception as exc:  # noqa: BLE001 - model errors are counted; repeated ones switch backend
-            self.bad("model_error", f"{backend.info.name if backend else '?'}: {type(exc).__name__}: {exc}")
-            return None
-        return out
-
-    def process(self, frame: Frame, want: dict[str, bool], backends: BackendChain,
-                mark: Callable[[], None] | None = None) -> FrameResult | None:
-        """Decode, run the model, post-process: the messages to publish, or None (bad input, nothing wanted).
-
-        mark: called at the end of the stages decode, model, side_jobs, metric_fit, side_wait, cloud and packing
-        (``bench/node_overhead.py``'s stage timer)."""
-        cfg, tick = self.cfg, mark or (lambda: None)
+    def prepare(self, frame: Frame, want: dict[str, bool], active: ActiveBackend | None,
+                mark: Callable[[], None] | None = None) -> Prepared | None:
+        """Decode and check one frame and decide the model tasks it needs; None: bad input or nothing to do."""
+        cfg = self.cfg
         t0 = time.perf_counter()
         rgb = self._decode(frame)
         if rgb is None:
@@ -298,38 +295,68 @@ class CameraPipeline:
             out_hw = (max(MIN_SIDE_PX, round(in_hw[0] * cfg.output_scale)),
                       max(MIN_SIDE_PX, round(in_hw[1] * cfg.output_scale)))
             rgb = cv2.resize(rgb, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_AREA)
-        tick()  # decode
-        active = backends.current()
+        if mark:
+            mark()  # decode
         if not any(want.values()) or active is None:
             return None
-        tasks_available = active.backend.info.tasks
-        need_normals = needs_normals(want, cfg)
-        has_depth = "depth" in tasks_available  # False for a normals-only checkpoint
-        model_normals = need_normals and "normals" in tasks_available and (
+        available = active.backend.info.tasks
+        has_depth = "depth" in available  # False for a normals-only checkpoint
+        model_normals = needs_normals(want, cfg) and "normals" in available and (
             cfg.normals_source == "model" or not has_depth)
         tasks = (("depth",) if has_depth else ()) + (("normals",) if model_normals else ())
         if not tasks:
             return None
-        t_model = time.perf_counter()
-        out = self._predict(backends, rgb, tasks)
-        inference_ms = (time.perf_counter() - t_model) * 1e3
-        if out is None:
+        if not has_depth:  # normals-only checkpoint: no depth outputs, no cloud
+            want = {**want, "relative": False, "colored": False, "points": False}
+        return Prepared(frame, rgb, in_hw, out_hw, want, tasks, active, t0)
+
+    def model_failed(self, prep: Prepared, exc: Exception) -> None:
+        """The backend raised on this frame (counted as model_error)."""
+        self.bad("model_error", f"{prep.active.backend.info.name}: {type(exc).__name__}: {exc}")
+
+    def process(self, frame: Frame, want: dict[str, bool], backends: BackendChain,
+                mark: Callable[[], None] | None = None) -> FrameResult | None:
+        """Decode, run the model, post-process: the messages to publish, or None (bad input, nothing wanted).
+
+        mark: called at the end of the stages decode, model, side_jobs, metric_fit, side_wait, cloud and packing
+        (``bench/node_overhead.py``'s stage timer)."""
+        prep = self.prepare(frame, want, backends.current(), mark)
+        if prep is None:
             return None
-        tick()  # model
+        t_model = time.perf_counter()
+        try:  # model errors are counted; repeated ones switch backend (BackendChain)
+            out = backends.predict(prep.rgb[None], prep.tasks, self.cfg.max_consecutive_failures)
+        except Exception as exc:  # noqa: BLE001
+            self.model_failed(prep, exc)
+            return None
+        inference_ms = (time.perf_counter() - t_model) * 1e3
+        if mark:
+            mark()  # model
+        return self.complete(prep, out, inference_ms, mark)
+
+    def complete(self, prep: Prepared, out: dict[str, np.ndarray], inference_ms: float,
+                 mark: Callable[[], None] | None = None) -> FrameResult | None:
+        """The model output ``out`` (``{task: [1,...]}``) of a prepared frame -> its messages."""
+        cfg, want, out_hw, frame = self.cfg, prep.want, prep.out_hw, prep.frame
+        h, w = out_hw
+        for task, shape in (("depth", (1, h, w)), ("normals", (1, 3, h, w))):
+            if task in prep.tasks and np.shape(out.get(task)) != shape:
+                self.model_failed(prep, ValueError(f"`{task}` output must be {list(shape)}; got "
+                                                   f"{np.shape(out.get(task))}"))
+                return None
         relative = None
-        if has_depth:
+        if "depth" in prep.tasks:
             relative = np.asarray(out["depth"][0], dtype=np.float32)  # [H,W]
             if not np.isfinite(relative).all():
                 self.bad("model_output", "model returned non-finite depth; those pixels are NaN")
                 relative = np.where(np.isfinite(relative), relative, np.float32(np.nan))
-        else:  # normals-only checkpoint: no depth outputs, no cloud
-            want = {**want, "relative": False, "colored": False, "points": False}
-        K = self._intrinsics(in_hw, out_hw)
+        K = self._intrinsics(prep.in_hw, out_hw)
         if K is None and ((want["points"] and relative is not None) or want["camera_info"]):
             self.bad("camera_info_missing", "no valid, recent camera_info: points and depth/camera_info skipped")
-        model_n = np.asarray(out["normals"][0]) if model_normals and "normals" in out else None
+        model_n = np.asarray(out["normals"][0]) if "normals" in prep.tasks else None
+        active = prep.active
         # worker thread only: outputs are computed straight into the message buffers of self._buffers
-        outputs = compute_outputs(cfg, want, rgb, relative, model_n, K, out_hw, self._buffers,
+        outputs = compute_outputs(cfg, want, prep.rgb, relative, model_n, K, out_hw, self._buffers,
                                   self._row_workers(cfg.postprocess_threads),
                                   functools.partial(self._align, frame, out_hw),
                                   convention=active.normals_convention, renormalise=active.renormalise,
@@ -339,10 +366,11 @@ class CameraPipeline:
         # the messages wrap the pool's buffers, reusable once publish() has serialized them
         messages = output_messages(want, outputs, relative, K, out_hw, header, self._buffers,
                                    info.msg if info else None)
-        tick()  # packing
+        if mark:
+            mark()  # packing
         bi = active.backend.info
         return FrameResult(header, messages, outputs, bi, processing_hw(out_hw, bi.processing_resolution),
-                           inference_ms, t0, want)
+                           inference_ms, prep.started, want)
 
     def finish(self, result: FrameResult, now_s: float) -> float:
         """The frame's messages are published (``now_s``: node clock): count it; returns its latency in ms
