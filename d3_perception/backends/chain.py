@@ -84,6 +84,25 @@ class BackendChain:
         self.failures = 0
         return out
 
+    def predict_many(self, images: Sequence[np.ndarray], tasks: tuple[str, ...], max_failures: int
+                     ) -> list[dict[str, np.ndarray]]:
+        """:meth:`Backend.predict_many` (one batched call for frames of several cameras), counted like
+        :meth:`predict`; a backend without it (a duck-typed plugin) runs :meth:`predict` per frame."""
+        backend = self.backend
+        if backend is None:
+            raise RuntimeError("the backend is closed")
+        many = getattr(backend, "predict_many", None)
+        try:
+            out = many(images, tasks) if many is not None else [
+                backend.predict(np.asarray(im)[None], tasks=tasks) for im in images]
+        except Exception as exc:
+            self.failures += 1
+            if self.failures >= max_failures:
+                self._fall_back(backend, f"{self.failures} consecutive failures, last: {exc}")
+            raise
+        self.failures = 0
+        return out
+
     def _fall_back(self, failing: Backend, reason: str) -> None:
         while self._queue:
             name = self._queue.pop(0)

@@ -73,11 +73,22 @@ def _level_and_message(state: NodeState, snap: Snapshot, cfg: NodeConfig) -> tup
     return OK, "ok"
 
 
-def diagnostic_array(state: NodeState, snap: Snapshot, cfg: NodeConfig, stamp) -> DiagnosticArray:
-    """One ``<node>: pipeline`` status with level, message and the statistics as key/values."""
+def diagnostic_array(state: NodeState, snaps: dict[str, Snapshot] | Snapshot, cfg: NodeConfig,
+                     stamp) -> DiagnosticArray:
+    """One status per camera, named ``<node>: <label>`` (``snaps``: label -> statistics; the single camera's
+    label is ``pipeline``), with level, message and the statistics as key/values."""
+    if isinstance(snaps, Snapshot):
+        snaps = {"pipeline": snaps}
+    array = DiagnosticArray()
+    array.header.stamp = stamp
+    array.status = [_status(state, label, snap, cfg) for label, snap in snaps.items()]
+    return array
+
+
+def _status(state: NodeState, label: str, snap: Snapshot, cfg: NodeConfig) -> DiagnosticStatus:
     info = state.backend_info
     status = DiagnosticStatus()
-    status.name = f"{state.name.lstrip('/')}: pipeline"
+    status.name = f"{state.name.lstrip('/')}: {label}"
     status.hardware_id = info.device if info is not None else ""
     level, status.message = _level_and_message(state, snap, cfg)
     values = {
@@ -108,7 +119,4 @@ def diagnostic_array(state: NodeState, snap: Snapshot, cfg: NodeConfig, stamp) -
     values.update({f"bad_input.{k}": v for k, v in sorted(snap.bad_input.items())})
     status.level = bytes([int(level)])  # `byte` field: an int would serialize as garbage
     status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-    array = DiagnosticArray()
-    array.header.stamp = stamp
-    array.status = [status]
-    return array
+    return status

@@ -59,6 +59,17 @@ class FrameSlot:
         with self._cond:
             self._item = None
 
+    def pending(self) -> bool:
+        """A frame is waiting."""
+        with self._cond:
+            return self._item is not None
+
+    def take_nowait(self) -> Any:
+        """The waiting frame (removed from the slot), or None: no freshness wait (several cameras batch)."""
+        with self._cond:
+            item, self._item = self._item, None
+            return item
+
     def wake(self) -> None:
         """Wake a waiting ``take`` so that it re-checks its ``stop`` event."""
         with self._cond:

@@ -32,6 +32,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from d3_perception.backends import create_backend, fallback_names
 from d3_perception.backends.chain import BackendChain
+from d3_perception.ros.camera_set import CameraSet
 from d3_perception.ros.diagnostics import NodeState, diagnostic_array, prediction_info
 from d3_perception.ros.entry import executable_parser, ignore_further_signals, split_ros_args
 from d3_perception.ros.launch_config import NODE_NAME
@@ -42,7 +43,7 @@ from d3_perception.ros.params import (
     config_keeping_good_values,
     resolve_checkpoint,
 )
-from d3_perception.ros.pipeline import CameraPipeline, Frame, wanted_outputs
+from d3_perception.ros.pipeline import Frame, wanted_outputs
 from d3_perception.ros.sparse_reference import stamp_s
 
 __all__ = ["D3PerceptionNode", "main"]
@@ -60,7 +61,8 @@ class D3PerceptionNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         self._declare_parameters()
         self._cfg = self._read_config()
-        self._pipeline = CameraPipeline(self._cfg, warn=lambda text: self.get_logger().warning(text))
+        self._cameras = CameraSet(self._cfg.cameras or ("",), self._cfg, self._warn)
+        self._pipeline = next(iter(self._cameras.pipelines.values()))  # the first camera (the only one by default)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._on_parameters_set)
         self._stop = threading.Event()
@@ -69,7 +71,7 @@ class D3PerceptionNode(LifecycleNode):
         self._configure_error = ""
         self._active = False
         self._active_since = time.monotonic()
-        self._pubs: dict[str, object] = {}
+        self._pubs: dict[str, dict[str, object]] = {}  # camera -> output name -> publisher
         self._subs: list = []
         self._input_group = MutuallyExclusiveCallbackGroup()  # cheap callbacks, serial: no races on stamps
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -78,6 +80,14 @@ class D3PerceptionNode(LifecycleNode):
         # Once the context shuts down (Ctrl-C, SIGTERM) publishing is impossible: the worker stops at once
         # instead of reporting its failed publish as bad input.
         self.context.on_shutdown(self._stop.set)
+
+    def _warn(self, camera: str, text: str) -> None:
+        self.get_logger().warning(f"[{camera}] {text}" if camera else text)
+
+    @staticmethod
+    def _topic(camera: str, name: str) -> str:
+        """The topic of camera ``camera`` ('' = single camera: plain names, ``~/info``)."""
+        return f"{camera}/{name.removeprefix('~/')}" if camera else name
 
     # ------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
@@ -110,7 +120,7 @@ class D3PerceptionNode(LifecycleNode):
         values = {p.name: p.value for p in params if p.name in SPECS}
         if values:
             self._cfg = self._cfg.with_values(values)
-            self._pipeline.set_config(self._cfg)
+            self._cameras.set_config(self._cfg)
             self.get_logger().info("parameters updated: " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
 
     # ------------------------------------------------------------------ lifecycle
@@ -130,7 +140,8 @@ class D3PerceptionNode(LifecycleNode):
                                       create, checkpoint, log=self._log_backend_error,
                                       on_switch=lambda active: self.get_logger().info(active.describe()))
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2, reliability=ReliabilityPolicy.RELIABLE)
-        self._pubs = {name: self.create_publisher(cls, topic, qos) for name, (cls, topic) in _OUTPUT_TOPICS.items()}
+        self._pubs = {cam: {name: self.create_publisher(cls, self._topic(cam, topic), qos)
+                            for name, (cls, topic) in _OUTPUT_TOPICS.items()} for cam in self._cameras.pipelines}
         return TransitionCallbackReturn.SUCCESS
 
     def _log_backend_error(self, text: str) -> None:
@@ -138,20 +149,24 @@ class D3PerceptionNode(LifecycleNode):
             self.get_logger().error(text)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        cfg, pipe, g = self._cfg, self._pipeline, self._input_group
+        cfg, g, topic = self._cfg, self._input_group, self._topic
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=cfg.qos_depth,
                          reliability=ReliabilityPolicy.BEST_EFFORT if cfg.qos_reliability == "best_effort"
                          else ReliabilityPolicy.RELIABLE)
         compressed = cfg.input_transport == "compressed"
-        self._subs = [
-            self.create_subscription(CompressedImage if compressed else Image,
-                                     "image/compressed" if compressed else "image",
-                                     lambda msg: pipe.offer(msg, compressed, self._now_s()), qos, callback_group=g),
-            self.create_subscription(CameraInfo, "camera_info", pipe.on_camera_info, qos, callback_group=g),
-            self.create_subscription(Image, "sparse_depth", pipe.on_sparse, qos, callback_group=g),
-        ]
+        self._subs = []
+        for cam, pipe in self._cameras.pipelines.items():
+            self._subs += [
+                self.create_subscription(CompressedImage if compressed else Image,
+                                         topic(cam, "image/compressed" if compressed else "image"),
+                                         lambda msg, p=pipe: p.offer(msg, compressed, self._now_s()), qos,
+                                         callback_group=g),
+                self.create_subscription(CameraInfo, topic(cam, "camera_info"), pipe.on_camera_info, qos,
+                                         callback_group=g),
+                self.create_subscription(Image, topic(cam, "sparse_depth"), pipe.on_sparse, qos, callback_group=g),
+            ]
         self._stop.clear()
-        pipe.slot.clear()
+        self._cameras.clear()
         self._active_since = time.monotonic()
         self._worker = threading.Thread(target=self._run_worker, name="d3_worker", daemon=True)
         self._worker.start()
@@ -172,23 +187,24 @@ class D3PerceptionNode(LifecycleNode):
     def _stop_pipeline(self) -> None:
         self._active = False
         self._stop.set()
-        self._pipeline.slot.wake()
+        self._cameras.wake()
         if self._worker is not None:
             self._worker.join(timeout=30.0)
             self._worker = None
-        self._pipeline.close()
+        self._cameras.close()
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
 
     def _release(self) -> None:
-        for pub in self._pubs.values():
-            self.destroy_publisher(pub)
+        for pubs in self._pubs.values():
+            for pub in pubs.values():
+                self.destroy_publisher(pub)
         self._pubs = {}
         backends, self._backends = self._backends, None
         if backends is not None:
             backends.close()
-        self._pipeline.reset()
+        self._cameras.reset()
 
     # ------------------------------------------------------------------ worker
     def _now_s(self) -> float:
@@ -196,33 +212,37 @@ class D3PerceptionNode(LifecycleNode):
 
     def _run_worker(self) -> None:
         while not self._stop.is_set():
-            frame = self._pipeline.next_frame(self._stop)
-            if frame is None or self._stop.is_set():
+            frames = self._cameras.gather(self._stop)
+            if not frames or self._stop.is_set():
                 continue
             try:
-                self._process(frame)
+                self._process_frames(frames)
             except Exception as exc:  # noqa: BLE001 - the worker survives anything a frame can do
                 if self._stop.is_set() or not self.context.ok():
                     return  # shutting down: the failed publish is no bad input
-                self._pipeline.bad("publish_error", f"{type(exc).__name__}: {exc}")
+                for cam in frames:
+                    self._cameras.pipelines[cam].bad("publish_error", f"{type(exc).__name__}: {exc}")
 
     def _process(self, frame: Frame) -> None:
-        """One frame: the pipeline's work, then publishing (worker thread only)."""
-        cfg, pubs, backends = self._cfg, self._pubs, self._backends
+        """One frame of the single camera (tests call this directly)."""
+        self._process_frames({next(iter(self._cameras.pipelines)): frame})
+
+    def _process_frames(self, frames: dict) -> None:
+        """One worker step: every camera's frame through the model (one batch), then publishing."""
+        cfg, backends = self._cfg, self._backends
         if backends is None:
             return
-        want = wanted_outputs(cfg, {k: p.get_subscription_count() for k, p in pubs.items()})
-        result = self._pipeline.process(frame, want, backends)
-        if result is None:
-            return
-        for name, msg in result.messages.items():
-            if not self.context.ok():
-                return  # shutting down: nothing can be published any more
-            pubs[name].publish(msg)
-        latency_ms = self._pipeline.finish(result, self._now_s())
-        if result.want["info"]:
-            pubs["info"].publish(prediction_info(result, latency_ms, cfg.metric.mode,
-                                                 self._pipeline.stats.frames_dropped))
+        wants = {cam: wanted_outputs(cfg, {k: p.get_subscription_count() for k, p in self._pubs[cam].items()})
+                 for cam in frames}
+        for cam, result in self._cameras.process(frames, wants, backends):
+            pubs, pipe = self._pubs[cam], self._cameras.pipelines[cam]
+            for name, msg in result.messages.items():
+                if not self.context.ok():
+                    return  # shutting down: nothing can be published any more
+                pubs[name].publish(msg)
+            latency_ms = pipe.finish(result, self._now_s())
+            if result.want["info"]:
+                pubs["info"].publish(prediction_info(result, latency_ms, cfg.metric.mode, pipe.stats.frames_dropped))
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
@@ -238,7 +258,8 @@ class D3PerceptionNode(LifecycleNode):
         state = NodeState(self.get_fully_qualified_name(), backend.info if backend is not None else None,
                           backends.switches if backends is not None else 0, self._configure_error,
                           self._active, self._active_since)
-        return diagnostic_array(state, self._pipeline.stats.snapshot(), self._cfg, self.get_clock().now().to_msg())
+        snaps = {cam or "pipeline": p.stats.snapshot() for cam, p in self._cameras.pipelines.items()}
+        return diagnostic_array(state, snaps, self._cfg, self.get_clock().now().to_msg())
 
 
 def build_parser():

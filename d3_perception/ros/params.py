@@ -6,6 +6,7 @@ turns each entry into a ``declare_parameter`` with a ``ParameterDescriptor``.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ class ParamSpec:
 
 
 _F = float("inf")
+_NAME_TOKEN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PARAMETERS: tuple[ParamSpec, ...] = (
     # model (read-only)
     ParamSpec("checkpoint", "", "checkpoint directory (config.json + model.safetensors); '' = bundled demo model",
@@ -49,6 +51,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               min=1, max=1000),
     ParamSpec("autostart", True, "configure and activate on start-up", read_only=True),
     # input
+    ParamSpec("cameras", [""], "camera names: each name N subscribes N/image (or N/image/compressed), N/camera_info "
+              "and N/sparse_depth and publishes N/depth, N/depth/relative, N/depth/camera_info, N/depth/colored, "
+              "N/normals, N/normals/colored, N/points and N/info, all relative to the node's namespace, through "
+              "one model with batched calls; [''] = one camera with the plain topic names", read_only=True),
+    ParamSpec("camera_sync_wait_s", 0.02, "several cameras: after the first frame the worker waits at most this "
+              "long for the other cameras whose next frame is due, so that they share one batched model call",
+              min=0.0, max=1.0),
     ParamSpec("input_transport", "raw", "raw (subscribe image) | compressed (subscribe image/compressed)",
               read_only=True, choices=("raw", "compressed")),
     ParamSpec("qos_reliability", "best_effort", "camera input QoS reliability", read_only=True,
@@ -144,6 +153,8 @@ class NodeConfig:
     processing_resolution: int
     engine_cache_dir: str
     fallback_backends: tuple[str, ...]
+    cameras: tuple[str, ...]  # () = one camera with the plain topic names
+    camera_sync_wait_s: float
     max_consecutive_failures: int
     autostart: bool
     input_transport: str
@@ -181,6 +192,9 @@ class NodeConfig:
         if not self.cloud_min_range_m < self.cloud_max_range_m:
             raise ValueError(f"`cloud_min_range_m` must be < `cloud_max_range_m`; got "
                              f"{self.cloud_min_range_m} >= {self.cloud_max_range_m}")
+        if len(set(self.cameras)) != len(self.cameras) or not all(_NAME_TOKEN.match(c) for c in self.cameras):
+            raise ValueError(f"`cameras` must be distinct ROS name tokens (letters, digits, _; no leading digit); "
+                             f"got {list(self.cameras)}")
         for name in self.fallback_backends:
             reason = check_value(SPECS["backend"], name) if name else None
             if reason or name == "auto":
@@ -222,8 +236,8 @@ class NodeConfig:
                             "metric.hold_frames": m.hold_frames})
             elif f.name == "metric_sync_tolerance_s":
                 out["metric.sync_tolerance_s"] = self.metric_sync_tolerance_s
-            elif f.name == "fallback_backends":
-                out[f.name] = list(self.fallback_backends)
+            elif f.name in ("fallback_backends", "cameras"):
+                out[f.name] = list(getattr(self, f.name)) or [""]
             else:
                 out[f.name] = getattr(self, f.name)
         return out
@@ -243,14 +257,15 @@ def config_from_values(values: dict[str, Any]) -> NodeConfig:
         smoothing=float(v["metric.smoothing"]), max_residual_m=float(v["metric.max_residual_m"]),
         hold_frames=int(v["metric.hold_frames"]))
     kwargs = {f.name: v[f.name] for f in fields(NodeConfig)
-              if f.name not in ("metric", "metric_sync_tolerance_s", "fallback_backends")}
+              if f.name not in ("metric", "metric_sync_tolerance_s", "fallback_backends", "cameras")}
     for name in ("output_scale", "cloud_min_range_m", "cloud_max_range_m", "max_stamp_age_s",
                  "camera_info_timeout_s", "fresh_frame_max_age_ratio", "diagnostics_period_s", "stale_timeout_s",
-                 "warn_throttle_s"):
+                 "warn_throttle_s", "camera_sync_wait_s"):
         kwargs[name] = float(kwargs[name])
     fallback = tuple(str(b) for b in v["fallback_backends"] if str(b))
+    cameras = tuple(str(c) for c in v["cameras"] if str(c))
     return NodeConfig(metric=metric, metric_sync_tolerance_s=float(v["metric.sync_tolerance_s"]),
-                      fallback_backends=fallback, **kwargs)
+                      fallback_backends=fallback, cameras=cameras, **kwargs)
 
 
 

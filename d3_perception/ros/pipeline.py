@@ -116,8 +116,10 @@ def processing_hw(out_hw: tuple[int, int], resolution: int) -> tuple[int, int]:
 class CameraPipeline:
     """Per-camera state and work; ``warn(text)`` logs a (throttled) bad-input warning."""
 
-    def __init__(self, cfg: NodeConfig, warn: Callable[[str], None] = lambda text: None) -> None:
+    def __init__(self, cfg: NodeConfig, warn: Callable[[str], None] = lambda text: None,
+                 on_frame: Callable[[], None] = lambda: None) -> None:
         self.cfg = cfg
+        self._on_frame = on_frame  # a frame entered the slot (wakes a worker that batches several cameras)
         self.stats = PipelineStats()
         self.throttle = WarnThrottle(cfg.warn_throttle_s)
         self._warn = warn
@@ -196,6 +198,7 @@ class CameraPipeline:
             self.stats.input((now_s - stamp) * 1e3 if stamp > 0 else float("nan"), now=frame.received_s)
             if self.slot.put(frame, frame.received_s, _carry_reset) is not None:
                 self.stats.dropped()  # the pending frame (waiting, or held by a freshness wait), counted once
+            self._on_frame()
         except Exception as exc:  # noqa: BLE001 - a callback must never take the node down
             self.bad(kind, f"{type(exc).__name__}: {exc}")
 
@@ -224,6 +227,14 @@ class CameraPipeline:
         if outcome != "ready":
             self.stats.fresh_wait(timed_out=outcome == "timeout")
         return frame
+
+    def frame_due(self, now: float | None = None) -> bool:
+        """This camera's next frame is expected soon: frames come at a known period and the last one is less
+        than :data:`FRESH_WAIT_PERIODS` periods old (a stalled camera is not waited for)."""
+        period_s, last = self.stats.input_period_s(), self.stats.last_input_s()
+        if period_s is None or last is None:
+            return False
+        return (time.monotonic() if now is None else now) - last <= FRESH_WAIT_PERIODS * period_s
 
     def _decode(self, frame: Frame) -> np.ndarray | None:
         cfg = self.cfg

@@ -146,6 +146,11 @@ class PipelineStats:
             p = self._period_s
         return p if p == p else None
 
+    def last_input_s(self) -> float | None:
+        """``time.monotonic()`` of the latest input frame; None before the first."""
+        with self._lock:
+            return self._last_input
+
     def fresh_wait(self, timed_out: bool) -> None:
         """The worker waited for a fresher frame; ``timed_out``: none came, the stale frame was processed."""
         with self._lock:

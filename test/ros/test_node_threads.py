@@ -35,7 +35,7 @@ def make_node(rclpy_context, tmp_path):
         made.append(node)
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         sent = {}
-        for name, pub in node._pubs.items():
+        for name, pub in node._pubs[""].items():
             pub.publish = lambda msg, name=name: sent.setdefault(name, []).append(msg)
         return node, sent
 
