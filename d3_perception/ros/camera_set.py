@@ -20,7 +20,13 @@ from d3_perception.backends.chain import BackendChain
 from d3_perception.ros.params import NodeConfig
 from d3_perception.ros.pipeline import CameraPipeline, Frame, FrameResult
 
-__all__ = ["CameraSet"]
+__all__ = ["CameraSet", "camera_topic"]
+
+
+def camera_topic(camera: str, name: str) -> str:
+    """The topic ``name`` (relative, or ``~/info``) of camera ``camera``: ``camera/name`` (``camera/info``), or
+    ``name`` itself for the single camera ('')."""
+    return f"{camera}/{name.removeprefix('~/')}" if camera else name
 
 
 class CameraSet:

@@ -32,7 +32,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from d3_perception.backends import create_backend, fallback_names
 from d3_perception.backends.chain import BackendChain
-from d3_perception.ros.camera_set import CameraSet
+from d3_perception.ros.camera_set import CameraSet, camera_topic
 from d3_perception.ros.diagnostics import NodeState, diagnostic_array, prediction_info
 from d3_perception.ros.entry import executable_parser, ignore_further_signals, split_ros_args
 from d3_perception.ros.launch_config import NODE_NAME
@@ -83,11 +83,6 @@ class D3PerceptionNode(LifecycleNode):
 
     def _warn(self, camera: str, text: str) -> None:
         self.get_logger().warning(f"[{camera}] {text}" if camera else text)
-
-    @staticmethod
-    def _topic(camera: str, name: str) -> str:
-        """The topic of camera ``camera`` ('' = single camera: plain names, ``~/info``)."""
-        return f"{camera}/{name.removeprefix('~/')}" if camera else name
 
     # ------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
@@ -140,7 +135,7 @@ class D3PerceptionNode(LifecycleNode):
                                       create, checkpoint, log=self._log_backend_error,
                                       on_switch=lambda active: self.get_logger().info(active.describe()))
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2, reliability=ReliabilityPolicy.RELIABLE)
-        self._pubs = {cam: {name: self.create_publisher(cls, self._topic(cam, topic), qos)
+        self._pubs = {cam: {name: self.create_publisher(cls, camera_topic(cam, topic), qos)
                             for name, (cls, topic) in _OUTPUT_TOPICS.items()} for cam in self._cameras.pipelines}
         return TransitionCallbackReturn.SUCCESS
 
@@ -149,7 +144,7 @@ class D3PerceptionNode(LifecycleNode):
             self.get_logger().error(text)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        cfg, g, topic = self._cfg, self._input_group, self._topic
+        cfg, g, topic = self._cfg, self._input_group, camera_topic
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=cfg.qos_depth,
                          reliability=ReliabilityPolicy.BEST_EFFORT if cfg.qos_reliability == "best_effort"
                          else ReliabilityPolicy.RELIABLE)

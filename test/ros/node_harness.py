@@ -78,9 +78,11 @@ class Client:
         "depth/camera_info": "sensor_msgs/CameraInfo", "depth/colored": "sensor_msgs/Image",
         "normals": "sensor_msgs/Image", "normals/colored": "sensor_msgs/Image",
         "points": "sensor_msgs/PointCloud2", "d3_perception_node/info": "d3_perception/PredictionInfo",
+        "info": "d3_perception/PredictionInfo",  # a camera's info with the `cameras` parameter
     }
 
-    def __init__(self, context, namespace: str = "d3test", outputs=None, reliable_input: bool = False):
+    def __init__(self, context, namespace: str = "d3test", outputs=None, reliable_input: bool = False,
+                 diag_label: str = "pipeline"):
         import rclpy
         from d3_perception.msg import PredictionInfo
         from diagnostic_msgs.msg import DiagnosticArray
@@ -89,6 +91,7 @@ class Client:
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
         self.ns = "/" + namespace.strip("/")
+        self.diag_label = diag_label  # the node's status "<node>: <label>" (a camera name with `cameras`)
         self.node = rclpy.create_node("d3_test_client", context=context)
         in_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE if reliable_input
                             else ReliabilityPolicy.BEST_EFFORT)
@@ -208,7 +211,7 @@ class Client:
             if after_s is not None and t < after_s:
                 continue
             for st in arr.status:
-                if st.name.endswith("d3_perception_node: pipeline"):
+                if st.name.endswith(f"d3_perception_node: {self.diag_label}"):
                     level = st.level[0] if isinstance(st.level, bytes) else int(st.level)
                     return level, st.message, {kv.key: kv.value for kv in st.values}
         return None
