@@ -7,6 +7,7 @@ node, plus rviz2 with ``rviz:=true`` when it is installed (else the node alone, 
   ros2 launch d3_perception camera.launch.py image:=/camera/color/image_raw \\
       camera_info:=/camera/color/camera_info checkpoint:=/models/d3_depth_normals rviz:=true
   ros2 launch d3_perception camera.launch.py namespace:=front params_file:=front.yaml use_sim_time:=true
+  ros2 launch d3_perception camera.launch.py namespace:=cams cameras:=front,left,right   # /cams/front/image, ...
 """
 
 from d3_perception.ros.launch_actions import launch_description
@@ -23,6 +24,7 @@ def _specs(value: dict[str, str]):
         camera_info=value["camera_info"],
         use_sim_time=value["use_sim_time"],
         sparse_depth=value["sparse_depth"],
+        cameras=value["cameras"],
     )
     return [node], node, value["rviz_frame"]
 

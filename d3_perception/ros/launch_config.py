@@ -63,6 +63,9 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
                    "empty = the value in params_file"),
     LaunchArgument("backend", "", "inference backend; empty = the value in params_file",
                    ("", *BACKEND_CHOICES)),
+    LaunchArgument("cameras", "", "comma-separated camera names (front,left,right): one node, one batched model; "
+                   "each camera N reads N/image, N/camera_info, N/sparse_depth and publishes N/depth, ..., N/points "
+                   "in the namespace (remap them per camera: docs/node.md); empty = one camera"),
     LaunchArgument("image", "image", "input image topic (image/compressed is derived from it)"),
     LaunchArgument("camera_info", "camera_info", "input camera_info topic"),
     LaunchArgument("sparse_depth", "sparse_depth", "metric reference topic (16UC1 mm / 32FC1 m) for "
@@ -158,6 +161,7 @@ def node_command(
     extra_params: dict | None = None,
     *,
     sparse_depth: str = "sparse_depth",
+    cameras: str | list[str] | tuple[str, ...] = "",
     node_name: str = NODE_NAME,
     python: str | None = None,
     share_dir: str | os.PathLike | None = None,
@@ -169,7 +173,9 @@ def node_command(
     Empty strings / None mean "not given": ``params_file`` then defaults to the package's
     config/d3_perception.yaml, ``checkpoint`` and ``backend`` to the values in that file. ``image`` also
     remaps ``image/compressed`` to ``<image>/compressed`` (the image_transport naming); ``sparse_depth``
-    (keyword) remaps the metric reference input. ``env`` sets
+    (keyword) remaps the metric reference input. ``cameras`` ("front,left" or a list) sets the node's ``cameras``
+    parameter; the single-camera remaps (``image``, ``camera_info``, ``sparse_depth``) are refused with it, as
+    they would not reach the per-camera topics. ``env`` sets
     FASTDDS_DEFAULT_PROFILES_FILE to the package's config/fastdds_shm.xml unless ``base_env`` (default:
     ``os.environ``) already names one. Raises ``ValueError`` naming the bad argument.
     """
@@ -196,6 +202,16 @@ def node_command(
             raise ValueError(f"`extra_params[{key!r}]` must be bool, int, float, str or a list of them; "
                              f"got {type(value).__name__}")
         params[key] = list(value) if isinstance(value, tuple) else value
+    names = [c.strip() for c in (cameras.split(",") if isinstance(cameras, str) else cameras) if c.strip()]
+    if names:
+        if not all(_NAME_TOKEN.match(c) for c in names) or len(set(names)) != len(names):
+            raise ValueError(f"`cameras` must be distinct ROS name tokens separated by commas; got {cameras!r}")
+        given = [n for n, v, d in (("image", image, "image"), ("camera_info", camera_info, "camera_info"),
+                                   ("sparse_depth", sparse_depth, "sparse_depth")) if (v or d) != d]
+        if given:
+            raise ValueError(f"`{given[0]}` must stay at its default with `cameras`: remap each camera's topics "
+                             f"(e.g. front/image:=/cam_front/image_raw) instead (docs/node.md)")
+        params["cameras"] = names
     image_topic = _check_topic("image", image or "image")
     info_topic = _check_topic("camera_info", camera_info or "camera_info")
     remaps: list[tuple[str, str]] = []

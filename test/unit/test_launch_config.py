@@ -199,3 +199,19 @@ def test_rviz_config_shows_depth_normals_and_cloud_on_relative_topics():
 
 def test_share_dir_is_the_checkout_here():
     assert package_share_dir() == REPO
+
+
+def test_cameras_become_the_node_parameter_and_single_camera_remaps_are_refused():
+    spec = node_command(namespace="cams", cameras="front, left,right", base_env={})
+    assert spec.params["cameras"] == ["front", "left", "right"]
+    assert "cameras:=['front', 'left', 'right']" in spec.arguments and spec.remaps == []
+    config_from_values({"cameras": spec.params["cameras"]})  # a valid node config
+    assert "cameras" not in node_command(cameras="", base_env={}).params
+    with pytest.raises(ValueError, match="`image` must stay at its default with `cameras`"):
+        node_command(cameras="front", image="/cam/image_raw", base_env={})
+    with pytest.raises(ValueError, match="`cameras` must be distinct ROS name tokens"):
+        node_command(cameras="front,front", base_env={})
+    with pytest.raises(ValueError, match="`cameras` must be distinct ROS name tokens"):
+        node_command(cameras="1st", base_env={})
+    with pytest.raises(ValueError, match="`cameras` must be distinct"):
+        config_from_values({"cameras": ["a", "a"]})
