@@ -32,20 +32,23 @@ def camera_topic(camera: str, name: str) -> str:
 class CameraSet:
     """``names``: the camera names ('' = the single camera); ``warn(camera, text)`` logs a bad-input warning."""
 
-    def __init__(self, names: tuple[str, ...], cfg: NodeConfig, warn: Callable[[str, str], None]) -> None:
+    def __init__(self, names: tuple[str, ...], cfg: NodeConfig, warn: Callable[[str, str], None],
+                 per_camera: dict[str, NodeConfig] | None = None) -> None:
+        """``per_camera``: a camera's own config (its overrides of PER_CAMERA parameters); default ``cfg``."""
         self._arrived = threading.Event()
-        self.pipelines = {name: CameraPipeline(cfg, warn=lambda text, n=name: warn(n, text),
-                                               on_frame=self._arrived.set) for name in names}
+        self.pipelines = {name: CameraPipeline((per_camera or {}).get(name, cfg),
+                                               warn=lambda text, n=name: warn(n, text), on_frame=self._arrived.set)
+                          for name in names}
         self.sync_wait_s = cfg.camera_sync_wait_s
 
     @property
     def single(self) -> bool:
         return len(self.pipelines) == 1
 
-    def set_config(self, cfg: NodeConfig) -> None:
+    def set_config(self, cfg: NodeConfig, per_camera: dict[str, NodeConfig] | None = None) -> None:
         self.sync_wait_s = cfg.camera_sync_wait_s
-        for pipe in self.pipelines.values():
-            pipe.set_config(cfg)
+        for name, pipe in self.pipelines.items():
+            pipe.set_config((per_camera or {}).get(name, cfg))
 
     def clear(self) -> None:
         for pipe in self.pipelines.values():

@@ -73,15 +73,15 @@ def _level_and_message(state: NodeState, snap: Snapshot, cfg: NodeConfig) -> tup
     return OK, "ok"
 
 
-def diagnostic_array(state: NodeState, snaps: dict[str, Snapshot] | Snapshot, cfg: NodeConfig,
-                     stamp) -> DiagnosticArray:
-    """One status per camera, named ``<node>: <label>`` (``snaps``: label -> statistics; the single camera's
-    label is ``pipeline``), with level, message and the statistics as key/values."""
+def diagnostic_array(state: NodeState, snaps: dict[str, tuple[Snapshot, NodeConfig]] | Snapshot,
+                     cfg: NodeConfig, stamp) -> DiagnosticArray:
+    """One status per camera, named ``<node>: <label>`` (``snaps``: label -> (statistics, that camera's config);
+    the single camera's label is ``pipeline``), with level, message and the statistics as key/values."""
     if isinstance(snaps, Snapshot):
-        snaps = {"pipeline": snaps}
+        snaps = {"pipeline": (snaps, cfg)}
     array = DiagnosticArray()
     array.header.stamp = stamp
-    array.status = [_status(state, label, snap, cfg) for label, snap in snaps.items()]
+    array.status = [_status(state, label, snap, camera_cfg) for label, (snap, camera_cfg) in snaps.items()]
     return array
 
 

@@ -38,7 +38,9 @@ from d3_perception.ros.entry import executable_parser, ignore_further_signals, s
 from d3_perception.ros.launch_config import NODE_NAME
 from d3_perception.ros.params import (
     PARAMETERS,
+    PER_CAMERA,
     SPECS,
+    CameraOverrides,
     NodeConfig,
     config_keeping_good_values,
     resolve_checkpoint,
@@ -61,7 +63,8 @@ class D3PerceptionNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         self._declare_parameters()
         self._cfg = self._read_config()
-        self._cameras = CameraSet(self._cfg.cameras or ("",), self._cfg, self._warn)
+        self._overrides = self._declare_camera_parameters()
+        self._cameras = CameraSet(self._cfg.cameras or ("",), self._cfg, self._warn, self._camera_configs())
         self._pipeline = next(iter(self._cameras.pipelines.values()))  # the first camera (the only one by default)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._on_parameters_set)
@@ -85,18 +88,41 @@ class D3PerceptionNode(LifecycleNode):
         self.get_logger().warning(f"[{camera}] {text}" if camera else text)
 
     # ------------------------------------------------------------------ parameters
+    def _declare(self, spec, name: str | None = None, default=None):
+        """Declare ``spec`` (as ``name``) with description, range and read-only flag; returns its value."""
+        desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+        if spec.choices:
+            desc.additional_constraints = "one of: " + ", ".join(spec.choices)
+        if isinstance(spec.default, float) and spec.min is not None:
+            desc.floating_point_range = [FloatingPointRange(from_value=float(spec.min),
+                                                            to_value=float(spec.max), step=0.0)]
+        elif isinstance(spec.default, int) and not isinstance(spec.default, bool) and spec.min is not None:
+            desc.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=1)]
+        return self.declare_parameter(name or spec.name, spec.default if default is None else default, desc).value
+
     def _declare_parameters(self) -> None:
-        """Declare every parameter of :data:`PARAMETERS` with description, range and read-only flag."""
+        """Declare every parameter of :data:`PARAMETERS`."""
         for spec in PARAMETERS:
-            desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
-            if spec.choices:
-                desc.additional_constraints = "one of: " + ", ".join(spec.choices)
-            if isinstance(spec.default, float) and spec.min is not None:
-                desc.floating_point_range = [FloatingPointRange(from_value=float(spec.min),
-                                                                to_value=float(spec.max), step=0.0)]
-            elif isinstance(spec.default, int) and not isinstance(spec.default, bool) and spec.min is not None:
-                desc.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=1)]
-            self.declare_parameter(spec.name, spec.default, desc)
+            self._declare(spec)
+
+    def _declare_camera_parameters(self) -> CameraOverrides:
+        """``<camera>.<name>`` for each camera and :data:`PER_CAMERA` name, defaulting to the node's value; one set
+        to another value (params file, command line) is that camera's own."""
+        overrides = CameraOverrides(self._cfg.cameras)
+        node_values = self._cfg.as_values()
+        for cam in self._cfg.cameras:
+            for name in PER_CAMERA:
+                value = self._declare(SPECS[name], f"{cam}.{name}", node_values[name])
+                if value != node_values[name]:
+                    reason = overrides.refusal(self._cfg, cam, {name: value})
+                    if reason:
+                        self.get_logger().error(f"invalid parameter {cam}.{name}, using the node's value: {reason}")
+                    else:
+                        overrides.values[cam][name] = value
+        return overrides
+
+    def _camera_configs(self) -> dict[str, NodeConfig]:
+        return {cam: self._overrides.config(self._cfg, cam) for cam in self._cfg.cameras}
 
     def _read_config(self) -> NodeConfig:
         cfg, error = config_keeping_good_values({s.name: self.get_parameter(s.name).value for s in PARAMETERS})
@@ -107,15 +133,23 @@ class D3PerceptionNode(LifecycleNode):
     def _on_set_parameters(self, params) -> SetParametersResult:
         values = {p.name: p.value for p in params if p.name in SPECS}
         reason = self._cfg.update_refusal(values)
+        for p in params:
+            cam_name = self._overrides.split(p.name)
+            if cam_name and not reason:
+                reason = self._overrides.refusal(self._cfg.with_values(values), cam_name[0], {cam_name[1]: p.value})
         if reason and "read-only" not in reason:
             self._pipeline.bad("parameter", f"rejected: {reason}")
         return SetParametersResult(successful=not reason, reason=reason)
 
     def _on_parameters_set(self, params) -> None:
-        values = {p.name: p.value for p in params if p.name in SPECS}
+        values = {p.name: p.value for p in params if p.name in SPECS or self._overrides.split(p.name)}
         if values:
-            self._cfg = self._cfg.with_values(values)
-            self._cameras.set_config(self._cfg)
+            for name, value in values.items():
+                if self._overrides.split(name):
+                    cam, param = self._overrides.split(name)
+                    self._overrides.values[cam][param] = value
+            self._cfg = self._cfg.with_values({k: v for k, v in values.items() if k in SPECS})
+            self._cameras.set_config(self._cfg, self._camera_configs())
             self.get_logger().info("parameters updated: " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
 
     # ------------------------------------------------------------------ lifecycle
@@ -224,10 +258,11 @@ class D3PerceptionNode(LifecycleNode):
 
     def _process_frames(self, frames: dict) -> None:
         """One worker step: every camera's frame through the model (one batch), then publishing."""
-        cfg, backends = self._cfg, self._backends
+        backends = self._backends
         if backends is None:
             return
-        wants = {cam: wanted_outputs(cfg, {k: p.get_subscription_count() for k, p in self._pubs[cam].items()})
+        wants = {cam: wanted_outputs(self._cameras.pipelines[cam].cfg,
+                                     {k: p.get_subscription_count() for k, p in self._pubs[cam].items()})
                  for cam in frames}
         for cam, result in self._cameras.process(frames, wants, backends):
             pubs, pipe = self._pubs[cam], self._cameras.pipelines[cam]
@@ -237,7 +272,8 @@ class D3PerceptionNode(LifecycleNode):
                 pubs[name].publish(msg)
             latency_ms = pipe.finish(result, self._now_s())
             if result.want["info"]:
-                pubs["info"].publish(prediction_info(result, latency_ms, cfg.metric.mode, pipe.stats.frames_dropped))
+                pubs["info"].publish(prediction_info(result, latency_ms, pipe.cfg.metric.mode,
+                                                     pipe.stats.frames_dropped))
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
@@ -253,7 +289,7 @@ class D3PerceptionNode(LifecycleNode):
         state = NodeState(self.get_fully_qualified_name(), backend.info if backend is not None else None,
                           backends.switches if backends is not None else 0, self._configure_error,
                           self._active, self._active_since)
-        snaps = {cam or "pipeline": p.stats.snapshot() for cam, p in self._cameras.pipelines.items()}
+        snaps = {cam or "pipeline": (p.stats.snapshot(), p.cfg) for cam, p in self._cameras.pipelines.items()}
         return diagnostic_array(state, snaps, self._cfg, self.get_clock().now().to_msg())
 
 

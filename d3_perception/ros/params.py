@@ -14,8 +14,8 @@ from typing import Any
 from d3_perception.backends import BACKENDS, PLUGIN_PREFIX
 from d3_perception.geometry.alignment import METRIC_MODES, MetricConfig
 
-__all__ = ["COLORMAPS", "PARAMETERS", "SPECS", "NodeConfig", "ParamSpec", "check_value", "config_from_values",
-           "config_keeping_good_values", "resolve_checkpoint"]
+__all__ = ["COLORMAPS", "PARAMETERS", "PER_CAMERA", "SPECS", "CameraOverrides", "NodeConfig", "ParamSpec",
+           "check_value", "config_from_values", "config_keeping_good_values", "resolve_checkpoint"]
 
 COLORMAPS = ("turbo", "inferno", "viridis", "jet", "magma", "plasma", "gray")
 
@@ -306,3 +306,35 @@ def resolve_checkpoint(path: str, backend: str) -> str:
     if not (p / "config.json").is_file():
         raise ValueError(f"`checkpoint` must contain config.json; got {path!r}")
     return str(p)
+
+
+# Parameters a camera of `cameras` may set for itself as `<camera>.<name>` (e.g. front.metric.mode); the others
+# are the node's (one model, one worker) and shared by every camera.
+PER_CAMERA = ("metric.mode", "metric.fixed_scale", "metric.fixed_shift", "metric.near_m", "metric.far_m",
+              "publish_depth", "publish_relative", "publish_camera_info", "publish_colored", "publish_normals",
+              "publish_points", "publish_info")
+
+
+class CameraOverrides:
+    """Per-camera values of :data:`PER_CAMERA` parameters: a camera's config is the node's config with its own
+    values applied, so a change of the node's parameter reaches every camera that has not set its own."""
+
+    def __init__(self, cameras: tuple[str, ...]) -> None:
+        self.values: dict[str, dict[str, Any]] = {c: {} for c in cameras}
+
+    def split(self, full_name: str) -> tuple[str, str] | None:
+        """``"front.metric.mode"`` -> ``("front", "metric.mode")`` for a camera's parameter, else None."""
+        camera, _, name = full_name.partition(".")
+        return (camera, name) if camera in self.values and name in PER_CAMERA else None
+
+    def config(self, cfg: NodeConfig, camera: str) -> NodeConfig:
+        own = self.values.get(camera)
+        return cfg.with_values(own) if own else cfg
+
+    def refusal(self, cfg: NodeConfig, camera: str, values: dict[str, Any]) -> str:
+        """Why ``values`` for ``camera`` are refused ('' = accepted)."""
+        try:
+            cfg.with_values({**self.values[camera], **values})
+        except (ValueError, TypeError) as exc:
+            return f"{camera}: {exc}"
+        return ""

@@ -108,3 +108,29 @@ def test_stats_report_recent_bad_input_once_and_exact_counters():
     assert s.snapshot(now=2.1).bad_input_recent == {}  # reported once, total kept
     assert snap.latency_p50_ms == pytest.approx(102.5)
     assert snap.input_rate_hz < 5.0  # input stopped 1.1 s ago: the rate decays instead of freezing at 10 Hz
+
+
+def test_cameras_set_their_own_metric_mode_and_outputs_and_follow_the_node_otherwise(node_factory, tmp_path):
+    from rclpy.parameter import Parameter
+
+    f = tmp_path / "p.yaml"
+    f.write_text("/**/d3_perception_node:\n  ros__parameters:\n    cameras: [front, left]\n"
+                 "    left.metric.mode: fixed\n    left.metric.fixed_scale: 3.0\n")
+    node = node_factory("--params-file", str(f))
+    cfg = {cam: p.cfg for cam, p in node._cameras.pipelines.items()}
+    assert cfg["left"].metric.mode == "fixed" and cfg["left"].metric.fixed_scale == 3.0
+    assert cfg["front"].metric.mode == "none"
+    assert node.describe_parameter("left.metric.mode").additional_constraints.startswith("one of:")
+    # the node's value reaches every camera without its own
+    assert node.set_parameters([Parameter("metric.mode", value="depth_range")])[0].successful
+    assert node._cameras.pipelines["front"].cfg.metric.mode == "depth_range"
+    assert node._cameras.pipelines["left"].cfg.metric.mode == "fixed"
+    # a camera's own value at runtime, validated against the rules of the whole config
+    assert node.set_parameters([Parameter("front.publish_points", value=False)])[0].successful
+    assert not node._cameras.pipelines["front"].cfg.publish_points
+    assert node._cameras.pipelines["left"].cfg.publish_points
+    bad = node.set_parameters([Parameter("front.metric.mode", value="magic")])[0]
+    assert not bad.successful and "front" in bad.reason and "metric.mode" in bad.reason
+    assert node._cameras.pipelines["front"].cfg.metric.mode == "depth_range"
+    status = {s.name.split(": ")[-1]: {kv.key: kv.value for kv in s.values} for s in node._diagnostics().status}
+    assert status["front"]["metric_mode"] == "depth_range" and status["left"]["metric_mode"] == "fixed"
