@@ -1,11 +1,12 @@
 """d3_perception_node: camera image -> depth, normals, point cloud, PredictionInfo, diagnostics (DESIGN §5).
 
 A lifecycle node (``autostart`` configures and activates it): the model is loaded in ``on_configure``,
-the worker thread runs in the active state. This class is the ROS shell only: it declares the parameters,
-creates the subscriptions and publishers, runs the lifecycle and hands messages to and from the ROS-free
-:class:`~d3_perception.ros.pipeline.CameraPipeline` (frame slot, decode, intrinsics, metric alignment,
-post-processing, statistics), whose subscription-side methods only check headers and keep the newest
-frame. Backends come from :func:`d3_perception.backends.create_backend` and switch at runtime through a
+the worker thread runs in the active state. This class is the ROS shell only: it declares the parameters
+(:mod:`.node_params`), creates the subscriptions and publishers, runs the lifecycle and hands messages to and
+from the ROS-free :class:`~d3_perception.ros.camera_set.CameraSet` (one
+:class:`~d3_perception.ros.pipeline.CameraPipeline` per camera: frame slot, decode, intrinsics, metric
+alignment, post-processing, statistics; several cameras share batched model calls), whose subscription-side
+methods only check headers and keep the newest frame. Backends come from :func:`d3_perception.backends.create_backend` and switch at runtime through a
 :class:`~d3_perception.backends.chain.BackendChain`. Every bad input is counted per kind in /diagnostics
 and logged (throttled); the node never dies on a message, and exits 0 on SIGINT/SIGTERM however many arrive.
 
@@ -23,7 +24,6 @@ import time
 import rclpy
 from d3_perception.msg import PredictionInfo
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -36,15 +36,8 @@ from d3_perception.ros.camera_set import CameraSet, camera_topic
 from d3_perception.ros.diagnostics import NodeState, diagnostic_array, prediction_info
 from d3_perception.ros.entry import executable_parser, ignore_further_signals, split_ros_args
 from d3_perception.ros.launch_config import NODE_NAME
-from d3_perception.ros.params import (
-    PARAMETERS,
-    PER_CAMERA,
-    SPECS,
-    CameraOverrides,
-    NodeConfig,
-    config_keeping_good_values,
-    resolve_checkpoint,
-)
+from d3_perception.ros.node_params import NodeParameters
+from d3_perception.ros.params import resolve_checkpoint
 from d3_perception.ros.pipeline import Frame, wanted_outputs
 from d3_perception.ros.sparse_reference import stamp_s
 
@@ -56,7 +49,7 @@ _OUTPUT_TOPICS = {"depth": (Image, "depth"), "relative": (Image, "depth/relative
                   "points": (PointCloud2, "points"), "info": (PredictionInfo, "~/info")}
 
 
-class D3PerceptionNode(LifecycleNode):
+class D3PerceptionNode(NodeParameters, LifecycleNode):
     """See the module docstring; topics and parameters in docs/node.md."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs) -> None:
@@ -86,71 +79,6 @@ class D3PerceptionNode(LifecycleNode):
 
     def _warn(self, camera: str, text: str) -> None:
         self.get_logger().warning(f"[{camera}] {text}" if camera else text)
-
-    # ------------------------------------------------------------------ parameters
-    def _declare(self, spec, name: str | None = None, default=None):
-        """Declare ``spec`` (as ``name``) with description, range and read-only flag; returns its value."""
-        desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
-        if spec.choices:
-            desc.additional_constraints = "one of: " + ", ".join(spec.choices)
-        if isinstance(spec.default, float) and spec.min is not None:
-            desc.floating_point_range = [FloatingPointRange(from_value=float(spec.min),
-                                                            to_value=float(spec.max), step=0.0)]
-        elif isinstance(spec.default, int) and not isinstance(spec.default, bool) and spec.min is not None:
-            desc.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=1)]
-        return self.declare_parameter(name or spec.name, spec.default if default is None else default, desc).value
-
-    def _declare_parameters(self) -> None:
-        """Declare every parameter of :data:`PARAMETERS`."""
-        for spec in PARAMETERS:
-            self._declare(spec)
-
-    def _declare_camera_parameters(self) -> CameraOverrides:
-        """``<camera>.<name>`` for each camera and :data:`PER_CAMERA` name, defaulting to the node's value; one set
-        to another value (params file, command line) is that camera's own."""
-        overrides = CameraOverrides(self._cfg.cameras)
-        node_values = self._cfg.as_values()
-        for cam in self._cfg.cameras:
-            for name in PER_CAMERA:
-                value = self._declare(SPECS[name], f"{cam}.{name}", node_values[name])
-                if value != node_values[name]:
-                    reason = overrides.refusal(self._cfg, cam, {name: value})
-                    if reason:
-                        self.get_logger().error(f"invalid parameter {cam}.{name}, using the node's value: {reason}")
-                    else:
-                        overrides.values[cam][name] = value
-        return overrides
-
-    def _camera_configs(self) -> dict[str, NodeConfig]:
-        return {cam: self._overrides.config(self._cfg, cam) for cam in self._cfg.cameras}
-
-    def _read_config(self) -> NodeConfig:
-        cfg, error = config_keeping_good_values({s.name: self.get_parameter(s.name).value for s in PARAMETERS})
-        if error:  # a bad params file must not kill the node
-            self.get_logger().error(f"invalid parameters, using defaults where needed: {error}")
-        return cfg
-
-    def _on_set_parameters(self, params) -> SetParametersResult:
-        values = {p.name: p.value for p in params if p.name in SPECS}
-        reason = self._cfg.update_refusal(values)
-        for p in params:
-            cam_name = self._overrides.split(p.name)
-            if cam_name and not reason:
-                reason = self._overrides.refusal(self._cfg.with_values(values), cam_name[0], {cam_name[1]: p.value})
-        if reason and "read-only" not in reason:
-            self._pipeline.bad("parameter", f"rejected: {reason}")
-        return SetParametersResult(successful=not reason, reason=reason)
-
-    def _on_parameters_set(self, params) -> None:
-        values = {p.name: p.value for p in params if p.name in SPECS or self._overrides.split(p.name)}
-        if values:
-            for name, value in values.items():
-                if self._overrides.split(name):
-                    cam, param = self._overrides.split(name)
-                    self._overrides.values[cam][param] = value
-            self._cfg = self._cfg.with_values({k: v for k, v in values.items() if k in SPECS})
-            self._cameras.set_config(self._cfg, self._camera_configs())
-            self.get_logger().info("parameters updated: " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
