@@ -30,7 +30,7 @@ from d3_perception.cli_args import OneLineErrorParser, positive_int, run_cli
 
 __all__ = ["main"]
 
-THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6)
+THRESHOLDS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8)
 CUE_SETS = {"edges": ("edges",), "normals": ("normals",), "sparse": ("sparse",),
             "edges+normals": ("edges", "normals"), "combined": ("edges", "normals", "sparse")}
 
@@ -132,6 +132,7 @@ def _calibration(rows, config) -> dict:
     acc = SparsificationAccumulator()
     coarse = SparsificationAccumulator()
     fly = {t: FlyingPoints() for t in THRESHOLDS}
+    fly_no_ref = {t: FlyingPoints() for t in THRESHOLDS}  # no sparse reference: edges + normals only
     band_fly = {t: FlyingPoints() for t in THRESHOLDS}
     from d3_perception.geometry.confidence import ConfidenceEstimator
 
@@ -154,11 +155,13 @@ def _calibration(rows, config) -> dict:
         for t in THRESHOLDS:
             keep = maps["combined"] >= np.float32(t)
             fly[t] = fly[t] + flying_points(points, f.depth_m, f.K, keep)
+            fly_no_ref[t] = fly_no_ref[t] + flying_points(points, f.depth_m, f.K, maps["edges+normals"] >= np.float32(t))
             band_fly[t] = band_fly[t] + flying_points(points, band_gt, f.K, keep)
     ause = acc.ause() | coarse.ause()
     return {"ause": ause, "curves": {k: v.tolist() for k, v in acc.curves().items()},
             "fractions": acc.fractions.tolist(), "frames": acc.frames,
             "flying": {str(t): asdict(v) for t, v in fly.items()}, "at_85_percent_kept": at85,
+            "flying_without_reference": {str(t): asdict(v) for t, v in fly_no_ref.items()},
             "flying_edge_band": {str(t): asdict(v) for t, v in band_fly.items()}}
 
 
@@ -173,28 +176,39 @@ def _edge_band(depth: np.ndarray, rel: float = 0.05, radius: int = 2) -> np.ndar
     return cv2.dilate(jump.astype(np.uint8), np.ones((2 * radius + 1,) * 2, np.uint8)) > 0
 
 
-def _tune(rows) -> tuple[object, dict]:
-    """Cue scales with the lowest combined AUSE on the tuning rows, and the grid searched."""
+def _search(rows, errs, base, grid: dict) -> list[tuple[float, tuple]]:
+    """``[(combined AUSE / random, values)]`` over the grid, best first (``base``: the other settings)."""
     from d3_perception.evaluation.calibration import SparsificationAccumulator
-    from d3_perception.geometry.confidence import ConfidenceConfig, ConfidenceEstimator
+    from d3_perception.geometry.confidence import ConfidenceEstimator
 
-    grid = {"edge_scale": (0.02, 0.05, 0.1, 0.2), "normal_scale": (0.02, 0.05, 0.1, 0.3),
-            "residual_scale": (0.02, 0.05, 0.1), "combine": ("product", "min")}
-    errs = [_errors(r) for r in rows]
     scores = []
     for values in itertools.product(*grid.values()):
-        cfg = ConfidenceConfig(**dict(zip(grid, values, strict=True)))
-        est, acc = ConfidenceEstimator(cfg), SparsificationAccumulator()
+        est, acc = ConfidenceEstimator(replace(base, **dict(zip(grid, values, strict=True)))), SparsificationAccumulator()
         for r, (valid, err) in zip(rows, errs, strict=True):
             f = r["frame"]
             acc.add(err, {"c": est.compute(r["depth"], f.K, r["normals"], r["sparse"])[valid]})
         a = acc.ause()
         scores.append((a["c"] / a["random"], values))
-    scores.sort()
-    best = ConfidenceConfig(**dict(zip(grid, scores[0][1], strict=True)))
-    return best, {"grid": {k: list(v) for k, v in grid.items()},
-                  "best": [{"ause_over_random": s, **dict(zip(grid, v, strict=True))} for s, v in scores[:5]],
-                  "worst": [{"ause_over_random": s, **dict(zip(grid, v, strict=True))} for s, v in scores[-2:]]}
+    return sorted(scores)
+
+
+def _tune(rows) -> tuple[object, dict]:
+    """Cue scales by the AUSE on the tuning rows, in two stages: the edge and normal scales and the combination
+    rule without a sparse reference (modes fixed, depth_range), then the residual scale with it."""
+    from d3_perception.geometry.confidence import ConfidenceConfig
+
+    errs = [_errors(r) for r in rows]
+    grid1 = {"edge_scale": (0.05, 0.1, 0.2, 0.4, 0.8, 1.6), "normal_scale": (0.005, 0.01, 0.02, 0.05, 0.1, 0.3),
+             "combine": ("product", "min")}
+    first = _search(rows, errs, ConfidenceConfig(sources=("edges", "normals")), grid1)
+    base = ConfidenceConfig(**dict(zip(grid1, first[0][1], strict=True)))
+    grid2 = {"residual_scale": (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)}  # one rule for both cases: stage 1's
+    second = _search(rows, errs, base, grid2)
+    best = replace(base, **dict(zip(grid2, second[0][1], strict=True)))
+    table = [{"stage": "edges+normals", "ause_over_random": sc, **dict(zip(grid1, v, strict=True))} for sc, v in first[:3]]
+    table += [{"stage": "all cues", "ause_over_random": sc, **dict(zip(grid2, v, strict=True))} for sc, v in second[:3]]
+    return best, {"grid_edges_normals": {k: list(v) for k, v in grid1.items()},
+                  "grid_sparse": {k: list(v) for k, v in grid2.items()}, "best": table}
 
 
 def _pick_threshold(flying: dict, min_kept: float = 0.85) -> float:

@@ -145,13 +145,24 @@ class ConfidenceEstimator:
                 for _, cue in cues[1:]:
                     (np.multiply if c.combine == "product" else np.minimum)(conf, cue, out=conf)
             # invalid depth -> 0 (not (z > 0) also catches NaN)
-            np.copyto(conf, np.float32(0.0), where=~np.greater(z, 0, out=self._buf("valid", grid, bool)))
+            valid = np.greater(z, 0, out=self._buf("valid", grid, bool))
+            np.copyto(conf, np.float32(0.0), where=~valid)
+        self._last = (conf, valid)
         if parts is not None:
             for name, cue in cues:
                 parts[name] = self._up(cue, hw, None).copy()
         if out is not None and (out.shape != hw or out.dtype != np.float32):
             raise ValueError(f"`out` must be float32 {hw}; got {out.dtype} {out.shape}")
         return self._up(conf, hw, out if out is not None else (None if step == 1 else self._buf("full", hw)))
+
+    def summary(self, min_confidence: float) -> tuple[float, float]:
+        """``(mean confidence, share below min_confidence)`` over the valid pixels of the last :meth:`compute`,
+        on its grid (each grid pixel stands for ``step x step`` frame pixels): the ``PredictionInfo`` fields
+        without a pass over the full frame. ``(nan, nan)`` before the first frame or without valid pixels."""
+        if getattr(self, "_last", None) is None:
+            return math.nan, math.nan
+        return summarize_confidence(self._last[0], np.where(self._last[1], np.float32(1), np.float32(np.nan)),
+                                    min_confidence)
 
     @staticmethod
     def _down(a: np.ndarray, step: int) -> np.ndarray:

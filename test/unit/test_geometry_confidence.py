@@ -123,6 +123,20 @@ def test_summary_gives_mean_and_low_share_over_valid_pixels():
     assert all(np.isnan(summarize_confidence(conf, np.full_like(depth, np.nan), 0.5)))
 
 
+def test_estimator_summary_on_its_grid_matches_the_full_frame():
+    hw, k = (480, 640), intrinsics_from_fov((480, 640), 70.0)
+    depth = _plane_depth((0.0, 0.3, -1.0), -2.0, hw, k)
+    depth[:, 300:308] *= 1.5  # a step: low edge confidence around it
+    depth[:40] = np.nan
+    est = ConfidenceEstimator()
+    assert all(np.isnan(est.summary(0.5)))
+    conf = est.compute(depth, k)
+    full = summarize_confidence(conf, depth, 0.5)
+    grid = est.summary(0.5)
+    assert 0.0 < full[1] < 0.2
+    np.testing.assert_allclose(grid, full, atol=0.01)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"sources": ("edges", "nope")}, "`sources`"), ({"edge_scale": 0.0}, "`edge_scale`"),
     ({"combine": "mean"}, "`combine`"), ({"grid_long_side": 8}, "`grid_long_side`"),
