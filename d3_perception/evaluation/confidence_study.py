@@ -124,23 +124,29 @@ def _errors(row) -> tuple[np.ndarray, np.ndarray]:
     return valid, np.abs(d[valid] - gt[valid]) / gt[valid]
 
 
-def _calibration(rows, config) -> dict:
+def _calibration(rows, config, min_confidence: float = 0.0) -> dict:
     """AUSE per cue set, sparsification curves, flying points per threshold (all points and GT-edge band)."""
     from d3_perception.evaluation.calibration import FlyingPoints, SparsificationAccumulator, flying_points
     from d3_perception.geometry import backproject
 
     acc = SparsificationAccumulator()
     coarse = SparsificationAccumulator()
-    fly = {t: FlyingPoints() for t in THRESHOLDS}
-    fly_no_ref = {t: FlyingPoints() for t in THRESHOLDS}  # no sparse reference: edges + normals only
-    band_fly = {t: FlyingPoints() for t in THRESHOLDS}
+    thresholds = sorted({*THRESHOLDS, min_confidence})
+    fly = {t: FlyingPoints() for t in thresholds}
+    fly_no_ref = {t: FlyingPoints() for t in thresholds}  # no sparse reference: edges + normals only
+    band_fly = {t: FlyingPoints() for t in thresholds}
     from d3_perception.geometry.confidence import ConfidenceEstimator
 
     coarse_est = ConfidenceEstimator(replace(config, grid_long_side=max(16, max(rows[0]["depth"].shape) // 2)))
     at85 = {"points": 0, "flying": 0, "kept": 0, "combined_flying": 0, "oracle_flying": 0}
+    bins = np.linspace(0.0, 1.0, 11)
+    reliability = {"pixels": np.zeros(10, np.int64), "good": np.zeros(10, np.int64)}  # good: AbsRel <= 10 %
     for r, maps in zip(rows, _cue_maps(rows, config), strict=True):
         valid, err = _errors(r)
         acc.add(err, {name: m[valid] for name, m in maps.items()})
+        which = np.clip(np.digitize(maps["combined"][valid], bins) - 1, 0, 9)
+        reliability["pixels"] += np.bincount(which, minlength=10)
+        reliability["good"] += np.bincount(which, weights=err <= 0.1, minlength=10).astype(np.int64)
         # the best any confidence can do at 85 % kept (drop the 15 % largest errors) vs the combined map's 15 %
         keep_n = int(0.85 * err.size)
         order = np.argsort(-maps["combined"][valid], kind="stable")[:keep_n]
@@ -152,7 +158,7 @@ def _calibration(rows, config) -> dict:
         coarse.add(err, {"combined, grid step 2": coarse_est.compute(r["depth"], f.K, r["normals"], r["sparse"])[valid]})
         points = backproject(r["depth"], f.K)
         band_gt = np.where(_edge_band(f.depth_m), f.depth_m, np.nan)
-        for t in THRESHOLDS:
+        for t in thresholds:
             keep = maps["combined"] >= np.float32(t)
             fly[t] = fly[t] + flying_points(points, f.depth_m, f.K, keep)
             fly_no_ref[t] = fly_no_ref[t] + flying_points(points, f.depth_m, f.K, maps["edges+normals"] >= np.float32(t))
@@ -162,6 +168,7 @@ def _calibration(rows, config) -> dict:
             "fractions": acc.fractions.tolist(), "frames": acc.frames,
             "flying": {str(t): asdict(v) for t, v in fly.items()}, "at_85_percent_kept": at85,
             "flying_without_reference": {str(t): asdict(v) for t, v in fly_no_ref.items()},
+            "reliability": {"bins": bins.tolist(), **{k: v.tolist() for k, v in reliability.items()}},
             "flying_edge_band": {str(t): asdict(v) for t, v in band_fly.items()}}
 
 
@@ -199,10 +206,11 @@ def _tune(rows) -> tuple[object, dict]:
 
     errs = [_errors(r) for r in rows]
     grid1 = {"edge_scale": (0.05, 0.1, 0.2, 0.4, 0.8, 1.6), "normal_scale": (0.005, 0.01, 0.02, 0.05, 0.1, 0.3),
-             "combine": ("product", "min")}
+             "combine": ("geomean", "min")}
     first = _search(rows, errs, ConfidenceConfig(sources=("edges", "normals")), grid1)
     base = ConfidenceConfig(**dict(zip(grid1, first[0][1], strict=True)))
-    grid2 = {"residual_scale": (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)}  # one rule for both cases: stage 1's
+    # one rule for both cases (stage 1's); the sparse cue's weight only acts where there is a reference
+    grid2 = {"residual_scale": (0.005, 0.01, 0.02, 0.05, 0.1), "sparse_weight": (1.0, 2.0, 4.0, 8.0)}
     second = _search(rows, errs, base, grid2)
     best = replace(base, **dict(zip(grid2, second[0][1], strict=True)))
     table = [{"stage": "edges+normals", "ause_over_random": sc, **dict(zip(grid1, v, strict=True))} for sc, v in first[:3]]
@@ -211,12 +219,19 @@ def _tune(rows) -> tuple[object, dict]:
                   "grid_sparse": {k: list(v) for k, v in grid2.items()}, "best": table}
 
 
-def _pick_threshold(flying: dict, min_kept: float = 0.85) -> float:
-    """The largest threshold that keeps >= ``min_kept`` of the points (the most flying points removed under
-    that constraint)."""
-    from d3_perception.evaluation.calibration import FlyingPoints
+def _pick_threshold(rows, config, min_kept: float = 0.85) -> float:
+    """The largest threshold (2 significant digits, rounded down) that keeps >= ``min_kept`` of the valid
+    points of ``rows``: the most flying points removed under that constraint."""
+    from d3_perception.geometry.confidence import ConfidenceEstimator
 
-    return max(float(t) for t, v in flying.items() if FlyingPoints(**v).kept_share >= min_kept)
+    est = ConfidenceEstimator(config)
+    pooled = np.concatenate([est.compute(r["depth"], r["frame"].K, r["normals"], r["sparse"])[_errors(r)[0]]
+                             for r in rows])
+    q = float(np.quantile(pooled, 1.0 - min_kept))
+    if q <= 0:
+        return 0.0
+    digits = 1 - int(np.floor(np.log10(q)))
+    return float(np.floor(q * 10**digits) / 10**digits)
 
 
 def _metric_modes(first_rel: np.ndarray, first_gt: np.ndarray, valid: np.ndarray) -> dict:
@@ -266,6 +281,11 @@ def _temporal_run(model: _Model, seed: int, hw, n: int, noise: float, moving: bo
                 late.append(_absrel(ds[t - 1], frames[t]))
             rec[kind] = {"flicker": float(np.nanmean(fl)), "abs_rel": float(np.nanmean(absrel)),
                          "abs_rel_one_frame_late": float(np.nanmean(late))}
+        # lag in frames: how far the output is behind this frame's raw depth, in units of the raw change since
+        # the previous frame (0 = none; an exponential average of a steady motion gives blend / (1 - blend))
+        behind = [np.nanmean(np.abs(outs["stabilised"][t] - outs["raw"][t])) for t in range(1, n)]
+        step = [np.nanmean(np.abs(outs["raw"][t - 1] - outs["raw"][t])) for t in range(1, n)]
+        rec["lag_frames"] = float(np.sum(behind) / np.sum(step))
         result[name] = rec
     if moving:  # the floor of the reprojection itself: exact depth
         result["gt_floor"] = float(np.nanmean([flicker(frames[t].depth_m, reproject_depth(
@@ -296,14 +316,16 @@ def _run(args) -> int:
     model = _Model(args)
     tuning = _frames(model, "room", (100, 101, 102, 103), args.frames, hw, args.noise_dn)
     best, tuning_info = _tune(tuning)
-    tuning_cal = _calibration(tuning, best)
-    min_conf = _pick_threshold(tuning_cal["flying"])
+    min_conf = _pick_threshold(tuning, best)
+    tuning_cal = _calibration(tuning, best, min_conf)
     results = {"config": asdict(best), "min_confidence": min_conf, "tuning": tuning_info,
-               "tuning_ause": tuning_cal["ause"], "defaults_ause_tuning": _calibration(tuning, ConfidenceConfig())["ause"],
+               "tuning_ause": tuning_cal["ause"], "tuning_flying": tuning_cal["flying"][str(min_conf)],
+               "defaults_ause_tuning": _calibration(tuning, ConfidenceConfig())["ause"],
                "calibration": {}, "temporal": {}}
     for family, kind, seeds in (("room (held-out seeds)", "room", (9999, 10000, 10001, 10002)),
                                 ("outdoor (held-out family)", "outdoor", (9999, 10000))):
-        results["calibration"][family] = _calibration(_frames(model, kind, seeds, args.frames, hw, args.noise_dn), best)
+        results["calibration"][family] = _calibration(_frames(model, kind, seeds, args.frames, hw, args.noise_dn), best,
+                                                      min_conf)
     for moving in (False, True):
         runs = [_temporal_run(model, seed, hw, args.temporal_frames * (2 if moving else 1), args.noise_dn, moving)
                 for seed in (9999, 10000, 10001)]

@@ -1,7 +1,8 @@
 """Per-pixel confidence of a predicted depth map, in [0, 1] (1 = trust), and gating by it.
 
 Three cues, each mapped to [0, 1] with ``scale / (scale + x)`` (1 at ``x = 0``, 0.5 at ``x = scale``), then
-combined (product by default; ``docs/confidence.md`` has the measurements behind each default):
+combined by a weighted geometric mean (or the minimum; ``docs/confidence.md`` has the measurements behind each
+default), so the result stays on the scale of one cue whatever the number of cues:
 
 - ``edges``: relative depth step ``max(|z(u+1) - z(u-1)|, |z(v+1) - z(v-1)|) / z``, spread by ``edge_radius_px``
   (a minimum filter on the confidence): where back-projection puts flying pixels between two surfaces;
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 CONFIDENCE_SOURCES = ("edges", "normals", "sparse")
-COMBINE_RULES = ("product", "min")
+COMBINE_RULES = ("geomean", "min")
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,9 @@ class ConfidenceConfig:
     normal_scale: ``1 - cos(angle)`` at which the normal cue is 0.5 (0.05 = 18 degrees).
     residual_scale: local relative residual against the sparse reference at which the sparse cue is 0.5.
     residual_window: box filter size of the sparse cue as a fraction of the image height.
-    combine: ``product`` or ``min`` of the cues.
+    sparse_weight: weight of the ``sparse`` cue in the geometric mean (the others weigh 1; > 1: the reference
+        outweighs the image cues where it exists; frames without a reference are unaffected).
+    combine: ``geomean`` (weighted geometric mean) or ``min`` of the cues.
     grid_long_side: the cues are computed on every ``step``-th pixel with ``step = ceil(max(H, W) /
         grid_long_side)`` (1 for frames up to that size), then resized to the frame.
     """
@@ -61,7 +64,8 @@ class ConfidenceConfig:
     normal_scale: float = 0.05
     residual_scale: float = 0.05
     residual_window: float = 0.15
-    combine: str = "product"
+    sparse_weight: float = 1.0
+    combine: str = "geomean"
     grid_long_side: int = 160
 
     def __post_init__(self) -> None:
@@ -69,7 +73,7 @@ class ConfidenceConfig:
         if not sources or any(s not in CONFIDENCE_SOURCES for s in sources) or len(set(sources)) != len(sources):
             raise ValueError(f"`sources` must be distinct names from {CONFIDENCE_SOURCES}; got {self.sources!r}")
         object.__setattr__(self, "sources", sources)
-        for name in ("edge_scale", "normal_scale", "residual_scale", "residual_window"):
+        for name in ("edge_scale", "normal_scale", "residual_scale", "residual_window", "sparse_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"`{name}` must be a finite number > 0; got {value!r}")
@@ -143,7 +147,10 @@ class ConfidenceEstimator:
             else:
                 np.copyto(conf, cues[0][1])
                 for _, cue in cues[1:]:
-                    (np.multiply if c.combine == "product" else np.minimum)(conf, cue, out=conf)
+                    (np.multiply if c.combine == "geomean" else np.minimum)(conf, cue, out=conf)
+                weight = sum(c.sparse_weight if name == "sparse" else 1.0 for name, _ in cues)
+                if c.combine == "geomean" and weight != 1.0:
+                    np.power(conf, np.float32(1.0 / weight), out=conf)
             # invalid depth -> 0 (not (z > 0) also catches NaN)
             valid = np.greater(z, 0, out=self._buf("valid", grid, bool))
             np.copyto(conf, np.float32(0.0), where=~valid)
@@ -256,6 +263,8 @@ class ConfidenceEstimator:
         x += s
         np.divide(s, x, out=x)
         np.fmin(x, np.float32(1.0), out=x)  # NaN (no evidence) -> 1
+        if self.config.sparse_weight != 1.0 and self.config.combine == "geomean":
+            np.power(x, np.float32(self.config.sparse_weight), out=x)  # on the coarse cells: cheap
         return cv2.resize(x, (grid[1], grid[0]), dst=self._buf("sparse", grid), interpolation=cv2.INTER_LINEAR)
 
 

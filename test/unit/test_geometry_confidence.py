@@ -139,7 +139,7 @@ def test_estimator_summary_on_its_grid_matches_the_full_frame():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"sources": ("edges", "nope")}, "`sources`"), ({"edge_scale": 0.0}, "`edge_scale`"),
-    ({"combine": "mean"}, "`combine`"), ({"grid_long_side": 8}, "`grid_long_side`"),
+    ({"combine": "product"}, "`combine`"), ({"grid_long_side": 8}, "`grid_long_side`"),
     ({"edge_radius_px": -1}, "`edge_radius_px`")])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
