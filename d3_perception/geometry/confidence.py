@@ -97,6 +97,7 @@ class ConfidenceEstimator:
         self.config = config or ConfidenceConfig()
         self._buffers: dict[str, np.ndarray] = {}
         self._grids: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._last: tuple[np.ndarray, np.ndarray] | None = None  # (grid confidence, grid validity) of the last frame
 
     def _buf(self, name: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
         a = self._buffers.get(name)
@@ -141,17 +142,28 @@ class ConfidenceEstimator:
             if use_normals:
                 cues.append(("normals", self._normals(z, du, dv, check_intrinsics(K), _planes(model_normals, hw),
                                                       step)))
+            evidence = None  # [grid] 0-1: how much sparse reference is near each pixel
             if "sparse" in c.sources and sparse_m is not None:
-                cues.append(("sparse", self._sparse(z_full, sparse_m, grid)))
+                cue, evidence = self._sparse(z_full, sparse_m, grid)
+                cues.append(("sparse", cue))
             if not cues:
                 conf.fill(1.0)
             else:
                 np.copyto(conf, cues[0][1])
                 for _, cue in cues[1:]:
                     (np.multiply if c.combine == "geomean" else np.minimum)(conf, cue, out=conf)
-                weight = sum(c.sparse_weight if name == "sparse" else 1.0 for name, _ in cues)
-                if c.combine == "geomean" and weight != 1.0:
-                    np.power(conf, np.float32(1.0 / weight), out=conf)
+                if c.combine == "geomean":
+                    # per-pixel total weight: 1 per image cue, sparse_weight where the reference gives evidence
+                    # (where it gives none its cue is 1 and must not dilute the others)
+                    images = float(len(cues) - (evidence is not None))
+                    if evidence is None:
+                        if images != 1.0:
+                            np.power(conf, np.float32(1.0 / images), out=conf)
+                    else:
+                        w = np.multiply(evidence, np.float32(c.sparse_weight), out=evidence)
+                        w += np.float32(images)
+                        np.divide(np.float32(1.0), w, out=w)
+                        np.power(conf, w, out=conf)
             # invalid depth -> 0 (not (z > 0) also catches NaN)
             valid = np.greater(z, 0, out=self._buf("valid", grid, bool))
             np.copyto(conf, np.float32(0.0), where=~valid)
@@ -167,7 +179,7 @@ class ConfidenceEstimator:
         """``(mean confidence, share below min_confidence)`` over the valid pixels of the last :meth:`compute`,
         on its grid (each grid pixel stands for ``step x step`` frame pixels): the ``PredictionInfo`` fields
         without a pass over the full frame. ``(nan, nan)`` before the first frame or without valid pixels."""
-        if getattr(self, "_last", None) is None:
+        if self._last is None:
             return math.nan, math.nan
         return summarize_confidence(self._last[0], np.where(self._last[1], np.float32(1), np.float32(np.nan)),
                                     min_confidence)
@@ -237,10 +249,11 @@ class ConfidenceEstimator:
         np.fmax(cos, np.float32(0.0), out=cos)
         return cos
 
-    def _sparse(self, z_full: np.ndarray, sparse_m, grid: tuple[int, int]) -> np.ndarray:
-        """Sparse cue on the grid: local mean of ``|z - ref| / ref`` over the reference points in a square
-        window of ``residual_window`` x H. The sums are binned into cells of a quarter window and box-filtered
-        there (the cue is smooth at that scale), then resized to the grid bilinearly."""
+    def _sparse(self, z_full: np.ndarray, sparse_m, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Sparse cue on the grid (raised to ``sparse_weight`` for the geometric mean) and the evidence weight
+        (0-1, 0 where no reference point is near): the local mean of ``|z - ref| / ref`` over the reference
+        points in a square window of ``residual_window`` x H. The sums are binned into cells of a quarter window
+        and box-filtered there (the cue is smooth at that scale), then resized to the grid bilinearly."""
         ref = np.asarray(sparse_m)
         if ref.shape != z_full.shape:
             raise ValueError(f"`sparse_m` must have the shape of `depth` {z_full.shape}; got {ref.shape}")
@@ -259,6 +272,7 @@ class ConfidenceEstimator:
         den = np.bincount(bins, minlength=size).astype(np.float32).reshape(cells_hw)
         cv2.boxFilter(num, -1, (5, 5), dst=num, normalize=False, borderType=cv2.BORDER_CONSTANT)
         cv2.boxFilter(den, -1, (5, 5), dst=den, normalize=False, borderType=cv2.BORDER_CONSTANT)
+        evidence = np.minimum(den, np.float32(1.0))  # [cells] 1 where a reference point is near
         x = np.divide(num, den, out=num)  # 0 / 0 = NaN where no reference point is near
         s = np.float32(self.config.residual_scale)
         x += s
@@ -266,7 +280,9 @@ class ConfidenceEstimator:
         np.fmin(x, np.float32(1.0), out=x)  # NaN (no evidence) -> 1
         if self.config.sparse_weight != 1.0 and self.config.combine == "geomean":
             np.power(x, np.float32(self.config.sparse_weight), out=x)  # on the coarse cells: cheap
-        return cv2.resize(x, (grid[1], grid[0]), dst=self._buf("sparse", grid), interpolation=cv2.INTER_LINEAR)
+        size = (grid[1], grid[0])
+        return (cv2.resize(x, size, dst=self._buf("sparse", grid), interpolation=cv2.INTER_LINEAR),
+                cv2.resize(evidence, size, dst=self._buf("evidence", grid), interpolation=cv2.INTER_LINEAR))
 
 
 def _planes(normals, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -78,6 +78,17 @@ def test_sparse_residual_lowers_confidence_only_where_the_reference_disagrees():
     conf = ConfidenceEstimator(ConfidenceConfig(sources=("sparse",))).compute(depth, sparse_m=ref, parts=parts)
     assert conf[:, :60].min() > 0.99
     assert conf[:, 100:].max() < 0.2
+    # where no reference point is near, the image cues alone decide (the sparse cue does not dilute them)
+    import cv2
+
+    step = cv2.GaussianBlur(np.where(np.arange(HW[1]) < 64, 2.0, 4.0).astype(np.float32) * np.ones(HW, np.float32),
+                            (5, 5), 1.0)
+    top = np.full(HW, np.nan, np.float32)
+    top[:8] = step[:8]  # reference in the top rows only, agreeing
+    with_ref = ConfidenceEstimator().compute(step, K, sparse_m=top)
+    without = ConfidenceEstimator().compute(step, K)
+    np.testing.assert_allclose(with_ref[60:], without[60:], rtol=1e-5)
+    assert without[60:, 62:65].max() < 0.3 < 0.9 < without[60:, :40].min()  # the edge is still marked
     # no reference at all: no evidence, confidence 1
     none = np.full(HW, np.nan, np.float32)
     assert ConfidenceEstimator(ConfidenceConfig(sources=("sparse",))).compute(depth, sparse_m=none).min() == 1.0
