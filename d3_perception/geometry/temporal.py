@@ -87,12 +87,20 @@ class TemporalStabilizer:
             self.moving_share = float(np.count_nonzero(changed)) / changed.size
             if self.config.blend > 0 and self.moving_share <= self.config.max_moving_share:
                 with np.errstate(invalid="ignore"):
-                    still = ~changed & (np.abs(d - prev) <= self.config.max_depth_change * d) & (prev > 0)
+                    still = np.abs(d - prev) <= self.config.max_depth_change * d  # False where either is NaN
+                    still &= prev > 0
+                still &= ~changed
                 a = np.float32(self.config.blend)
-                out[still] = a * prev[still] + (1 - a) * d[still]
-                valid = np.count_nonzero(np.isfinite(d) & (d > 0))
+                mixed = np.multiply(prev, a)
+                mixed += np.multiply(d, np.float32(1.0) - a)
+                np.copyto(out, mixed, where=still)
+                valid = np.count_nonzero(d > 0)
                 self.blended_share = float(np.count_nonzero(still)) / valid if valid else 0.0
         else:
             self.moving_share = math.nan
-        self._depth, self._grey = out, grey
-        return out.copy()
+        if prev is None or prev.shape != d.shape:
+            self._depth = out.copy()
+        else:
+            np.copyto(self._depth, out)
+        self._grey = grey
+        return out
