@@ -10,7 +10,8 @@ camera is never lagged:
 - the whole frame passes through when more than ``max_moving_share`` of the pixels changed in the image
   (the camera moves: even textureless surfaces change depth then).
 
-Depth may be metric or relative (any positive scale); the state is per stream.
+Depth may be metric or relative (any positive scale); the state is per stream. ``still_flicker`` is the raw
+input's frame-to-frame change on the still pixels: a flicker estimate that needs no camera pose (for an alarm).
 """
 
 from __future__ import annotations
@@ -60,8 +61,11 @@ class TemporalStabilizer:
     def reset(self) -> None:
         self._depth: np.ndarray | None = None
         self._grey: np.ndarray | None = None
+        self._raw: np.ndarray | None = None
         self.moving_share = math.nan  # share of changed image pixels in the last frame (NaN on the first)
         self.blended_share = 0.0  # share of valid pixels blended in the last frame
+        # pose-free flicker of the raw input: mean |d_t - d_(t-1)| / d_t over the still pixels (NaN while moving)
+        self.still_flicker = math.nan
 
     def update(self, depth: np.ndarray, rgb: np.ndarray) -> np.ndarray:
         """Stabilised ``[H,W]`` float32 depth (a new array; NaN where ``depth`` is invalid).
@@ -81,7 +85,7 @@ class TemporalStabilizer:
         grey = cv2.blur(grey.astype(np.float32), (3, 3))
         prev, prev_grey = self._depth, self._grey
         out = d.copy()
-        self.blended_share = 0.0
+        self.blended_share, self.still_flicker = 0.0, math.nan
         if prev is not None and prev.shape == d.shape:
             changed = np.abs(grey - prev_grey) > self.config.image_threshold
             self.moving_share = float(np.count_nonzero(changed)) / changed.size
@@ -94,13 +98,18 @@ class TemporalStabilizer:
                 mixed = np.multiply(prev, a)
                 mixed += np.multiply(d, np.float32(1.0) - a)
                 np.copyto(out, mixed, where=still)
-                valid = np.count_nonzero(d > 0)
-                self.blended_share = float(np.count_nonzero(still)) / valid if valid else 0.0
+                valid, n_still = np.count_nonzero(d > 0), np.count_nonzero(still)
+                self.blended_share = float(n_still) / valid if valid else 0.0
+                if n_still:
+                    with np.errstate(invalid="ignore"):
+                        rel = np.abs(d - self._raw) / d
+                    self.still_flicker = float(np.mean(rel[still & np.isfinite(rel)], dtype=np.float64))
         else:
             self.moving_share = math.nan
         if prev is None or prev.shape != d.shape:
-            self._depth = out.copy()
+            self._depth, self._raw = out.copy(), d.copy()
         else:
             np.copyto(self._depth, out)
+            np.copyto(self._raw, d)
         self._grey = grey
         return out

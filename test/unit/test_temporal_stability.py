@@ -54,12 +54,14 @@ def test_stabiliser_halves_static_flicker_and_passes_a_moving_camera_through():
             out_fl.append(flicker(out, out_prev))
         raw_prev, out_prev = d, out
     assert stab.blended_share > 0.9
+    # the pose-free estimate matches the measured raw flicker of the still frames
+    assert stab.still_flicker == pytest.approx(raw_fl[-1], rel=0.05)
     assert np.mean(out_fl[3:]) < 0.5 * np.mean(raw_fl[3:]), (np.mean(out_fl), np.mean(raw_fl))
     # the camera moves: the output is this frame's depth, unchanged
     g = seq.frame(3)
     img, d = _noisy(rng, g.rgb, np.nan_to_num(g.depth_m, nan=0.0).astype(np.float32))
     out = stab.update(d, img)
-    assert stab.moving_share > stab.config.max_moving_share
+    assert stab.moving_share > stab.config.max_moving_share and np.isnan(stab.still_flicker)
     np.testing.assert_array_equal(out, d)
 
 
