@@ -156,6 +156,8 @@ class ConfidenceEstimator:
                     # per-pixel total weight: 1 per image cue, sparse_weight where the reference gives evidence
                     # (where it gives none its cue is 1 and must not dilute the others)
                     images = float(len(cues) - (evidence is not None))
+                    if evidence is not None and evidence.min() >= 1.0:  # reference near every pixel (scan rows)
+                        images, evidence = images + c.sparse_weight, None
                     if evidence is None:
                         if images != 1.0:
                             np.power(conf, np.float32(1.0 / images), out=conf)
@@ -279,7 +281,7 @@ class ConfidenceEstimator:
         np.divide(s, x, out=x)
         np.fmin(x, np.float32(1.0), out=x)  # NaN (no evidence) -> 1
         if self.config.sparse_weight != 1.0 and self.config.combine == "geomean":
-            np.power(x, np.float32(self.config.sparse_weight), out=x)  # on the coarse cells: cheap
+            np.power(x, np.float32(self.config.sparse_weight), out=x)  # on the coarse cells (~1000): cheap
         size = (grid[1], grid[0])
         return (cv2.resize(x, size, dst=self._buf("sparse", grid), interpolation=cv2.INTER_LINEAR),
                 cv2.resize(evidence, size, dst=self._buf("evidence", grid), interpolation=cv2.INTER_LINEAR))
