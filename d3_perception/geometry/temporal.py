@@ -29,7 +29,8 @@ __all__ = ["StabilizerConfig", "TemporalStabilizer"]
 class StabilizerConfig:
     """Settings of :class:`TemporalStabilizer` (future node parameters ``temporal.*``).
 
-    blend: weight of the previous output where the pixel is still, in [0, 1) (0 = off).
+    blend: weight of the previous output where the pixel is still, in [0, 1) (0 = no smoothing; the flicker
+        estimate ``still_flicker`` is still made).
     image_threshold: grey-level change (0-255, after a 3x3 box blur) above which a pixel counts as changed.
     max_depth_change: relative depth change above which a pixel passes through (a new surface).
     max_moving_share: share of changed pixels above which the whole frame passes through (camera motion).
@@ -89,17 +90,18 @@ class TemporalStabilizer:
         if prev is not None and prev.shape == d.shape:
             changed = np.abs(grey - prev_grey) > self.config.image_threshold
             self.moving_share = float(np.count_nonzero(changed)) / changed.size
-            if self.config.blend > 0 and self.moving_share <= self.config.max_moving_share:
+            if self.moving_share <= self.config.max_moving_share:
                 with np.errstate(invalid="ignore"):
                     still = np.abs(d - prev) <= self.config.max_depth_change * d  # False where either is NaN
                     still &= prev > 0
                 still &= ~changed
-                a = np.float32(self.config.blend)
-                mixed = np.multiply(prev, a)
-                mixed += np.multiply(d, np.float32(1.0) - a)
-                np.copyto(out, mixed, where=still)
+                if self.config.blend > 0:  # blend 0: no smoothing, but still the flicker estimate
+                    a = np.float32(self.config.blend)
+                    mixed = np.multiply(prev, a)
+                    mixed += np.multiply(d, np.float32(1.0) - a)
+                    np.copyto(out, mixed, where=still)
                 valid, n_still = np.count_nonzero(d > 0), np.count_nonzero(still)
-                self.blended_share = float(n_still) / valid if valid else 0.0
+                self.blended_share = float(n_still) / valid if valid and self.config.blend > 0 else 0.0
                 if n_still:
                     with np.errstate(invalid="ignore"):
                         rel = np.abs(d - self._raw) / d

@@ -57,6 +57,13 @@ def test_stabiliser_halves_static_flicker_and_passes_a_moving_camera_through():
     # the pose-free estimate matches the measured raw flicker of the still frames
     assert stab.still_flicker == pytest.approx(raw_fl[-1], rel=0.05)
     assert np.mean(out_fl[3:]) < 0.5 * np.mean(raw_fl[3:]), (np.mean(out_fl), np.mean(raw_fl))
+    # blend 0: the output is the input, the flicker estimate is still there
+    off = TemporalStabilizer(StabilizerConfig(blend=0.0))
+    frames = [_noisy(rng, f.rgb, depth) for _ in range(2)]
+    off.update(frames[0][1], frames[0][0])
+    np.testing.assert_array_equal(off.update(frames[1][1], frames[1][0]), frames[1][1])
+    assert off.still_flicker == pytest.approx(flicker(frames[1][1], frames[0][1]), rel=0.05)
+    assert off.blended_share == 0.0
     # the camera moves: the output is this frame's depth, unchanged
     g = seq.frame(3)
     img, d = _noisy(rng, g.rgb, np.nan_to_num(g.depth_m, nan=0.0).astype(np.float32))
