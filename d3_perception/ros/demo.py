@@ -346,15 +346,15 @@ def _raise_interrupt(signum, frame):
 
 def _resolve_checkpoint(args, out: Path) -> tuple[str, str, bool]:
     """(checkpoint dir, description, is_random)."""
-    from d3_perception.ros.launch_config import package_share_dir
+    from d3_perception.cli_args import bundled_demo_checkpoint
 
     if args.checkpoint:
         ckpt = Path(args.checkpoint)
         if not (ckpt / "config.json").is_file():
             raise DemoError(f"`--checkpoint` must be a checkpoint directory with config.json; got {args.checkpoint!r}")
         return str(ckpt), f"checkpoint {ckpt}", False
-    bundled = package_share_dir() / "models" / "d3_demo_tiny"
-    if (bundled / "config.json").is_file():
+    bundled = bundled_demo_checkpoint()
+    if bundled is not None:
         return str(bundled), f"bundled demo model {bundled}", False
     ckpt = out / "random_tiny_checkpoint"  # built by _build_random_checkpoint once the domain is leased
     return str(ckpt), "a tiny RANDOM-weight model (no trained demo model is bundled): the numbers are meaningless", True
