@@ -126,3 +126,21 @@ def rclpy_context(ros_env):
 @pytest.fixture
 def python_exe() -> str:
     return sys.executable
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child a test will signal: SIGINT back to its default disposition.
+
+    A suite run as a background job (``pytest ... &``) inherits SIGINT as *ignored*, and so would every
+    child; a test that stops a child with SIGINT must not depend on how pytest itself was started.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def ignored_sigint() -> None:
+    """``preexec_fn`` that starts a child the way a shell starts a background job: SIGINT ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

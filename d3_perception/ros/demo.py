@@ -326,12 +326,19 @@ class _Collector:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+    previous_int = None
+    if _main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # Started as a background job (`d3-demo ... &` in a script): the shell made SIGINT ignored, which
+        # every child would inherit too; the demo is stopped with SIGINT like any ROS program, so undo that.
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return run_cli("d3-demo", lambda: _run(args), (DemoError,),
                        interrupted="interrupted; stopped everything it started", error_code=1)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def _main_thread() -> bool:
