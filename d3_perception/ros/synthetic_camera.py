@@ -40,7 +40,7 @@ from d3_perception.synthetic.render import Frame
 from d3_perception.synthetic.sequence import SyntheticSequence
 from d3_perception.synthetic.sparse import sparse_depth
 
-__all__ = ["SyntheticCameraNode", "main"]
+__all__ = ["SyntheticCameraNode", "main", "publisher_qos"]
 
 
 def _image(data: tuple[int, int, int, bytes], encoding: str, header: Header) -> Image:
@@ -48,6 +48,17 @@ def _image(data: tuple[int, int, int, bytes], encoding: str, header: Header) -> 
     msg = Image(header=header, height=h, width=w, encoding=encoding, is_bigendian=0, step=step)
     msg.data = payload
     return msg
+
+
+def publisher_qos(name: str) -> QoSProfile:
+    """The QoS of every topic the camera publishes, by its ``qos`` parameter: ``sensor_data`` (best effort,
+    depth 5; the default) or ``reliable`` (depth 5). Subscribers that must receive from the camera (tests,
+    tools) use this same profile: a RELIABLE subscription never matches the best-effort default."""
+    if name == "sensor_data":
+        return qos_profile_sensor_data
+    if name == "reliable":
+        return QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    raise ValueError(f"`qos` must be sensor_data or reliable; got {name!r}")
 
 
 class _Encoded:
@@ -83,8 +94,7 @@ class SyntheticCameraNode(Node):
         self._published = 0
         self._slow_warned_at = 0.0
         self.done = False
-        qos = (qos_profile_sensor_data if self.cfg.qos == "sensor_data"
-               else QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+        qos = publisher_qos(self.cfg.qos)
         fmt = self.cfg.image_format
         self.pub_image = self.create_publisher(Image, "image", qos) if fmt in ("raw", "both") else None
         self.pub_compressed = (self.create_publisher(CompressedImage, "image/compressed", qos)
