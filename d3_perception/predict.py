@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 EPILOG = """examples:
+  d3-predict photo.jpg -o out/        # the bundled demo model (synthetic-trained; says so on stderr)
   d3-predict photo.jpg --checkpoint models/d3_tiny --output out/
   d3-predict frames/ --recursive --checkpoint models/d3_tiny --backend onnxruntime --output out/
   d3-predict 'shots/*.png' --checkpoint ckpt/ --tasks depth --resolution 512 --output out/ --colormap magma
