@@ -192,7 +192,8 @@ class OnnxRuntimeBackend(Backend):
             raise ValueError(f"`tasks` must be a non-empty subset of {self._graph_tasks}; got {tuple(tasks)}")
         chunks = []
         for start in range(0, images.shape[0], self._batch_size):
-            x, geo = preprocess(images[start:start + self._batch_size], self._resolution, self.config.input_range)
+            x, geo = preprocess(images[start:start + self._batch_size], self._resolution, self.config.input_range,
+                                self.config.resize_policy)
             raw = self.run_network(x)
             chunks.append(postprocess({t: raw[t] for t in tasks}, geo))
         return {t: np.concatenate([c[t] for c in chunks]) for t in tasks}
