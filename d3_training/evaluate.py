@@ -15,6 +15,7 @@ Held-out families (fixed seed ``HELD_OUT_SEED``, never used by a training config
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -56,6 +57,24 @@ def normal_angle_deg(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> flo
     return float(np.degrees(np.arccos(cos)).mean())
 
 
+def frames_digest(num_frames: int, hw: tuple[int, int] = (64, 64), seed: int = HELD_OUT_SEED,
+                  kind: str = "room") -> str:
+    """SHA-256 (hex) of the evaluation frames' RGB and depth: equal digests = the same held-out frames, so a
+    recorded result still describes the current generator."""
+    from d3_training.data import SyntheticDataset
+
+    data = SyntheticDataset(hw, num_frames, seed, kind)
+    digest = hashlib.sha256()
+    for i in range(num_frames):
+        _update_digest(digest, data[i])
+    return digest.hexdigest()
+
+
+def _update_digest(digest, sample: dict) -> None:
+    digest.update(np.ascontiguousarray(sample["rgb"]).tobytes())
+    digest.update(np.ascontiguousarray(sample["depth_m"]).tobytes())
+
+
 def _frame_rgb(sample: dict) -> np.ndarray:
     return ((sample["rgb"].transpose(1, 2, 0) + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
 
@@ -63,7 +82,8 @@ def _frame_rgb(sample: dict) -> np.ndarray:
 def evaluate_checkpoint(checkpoint: str | Path, num_frames: int = 100, hw: tuple[int, int] = (64, 64),
                         seed: int = HELD_OUT_SEED, kind: str = "room", progress: bool = True) -> dict:
     """Mean AbsRel / δ1 / normal angle of ``checkpoint`` over ``num_frames`` held-out frames of ``kind`` at
-    ``hw``, plus ``row_ramp``: the same metrics of the row ramp on the same frames."""
+    ``hw``, plus ``row_ramp``: the same metrics of the row ramp on the same frames, and ``frames_digest``
+    (:func:`frames_digest` of those frames)."""
     from d3_perception.model.checkpoint import load_pretrained
     from d3_training.data import SyntheticDataset
 
@@ -73,8 +93,10 @@ def evaluate_checkpoint(checkpoint: str | Path, num_frames: int = 100, hw: tuple
     ramp_rows: dict[str, list[float]] = {k: [] for k in METRICS}
     ramp = row_ramp(hw)
     ramp_normals = np.broadcast_to(RAMP_NORMAL[:, None, None], (3, *hw))
+    digest = hashlib.sha256()
     for i in tqdm(range(num_frames), desc=f"evaluate {kind}", disable=not progress):
         s = data[i]
+        _update_digest(digest, s)
         out = model.predict(_frame_rgb(s)[None], processing_resolution=max(64, (max(hw) + 63) // 64 * 64))
         if s["valid_depth"].sum() > 10:
             for target, pred in ((rows, out.get("depth")), (ramp_rows, ramp[None])):
@@ -88,7 +110,7 @@ def evaluate_checkpoint(checkpoint: str | Path, num_frames: int = 100, hw: tuple
             ramp_rows["normals_mean_deg"].append(normal_angle_deg(ramp_normals, s["normals"], s["valid_normals"]))
     result = {k: float(np.mean(v)) for k, v in rows.items() if v}
     result.update({"num_frames": num_frames, "resolution": list(hw), "seed": seed, "kind": kind,
-                   "checkpoint": str(checkpoint), "tau": float(model.timestep),
+                   "checkpoint": str(checkpoint), "tau": float(model.timestep), "frames_digest": digest.hexdigest(),
                    "row_ramp": {k: float(np.mean(v)) for k, v in ramp_rows.items() if v}})
     return result
 

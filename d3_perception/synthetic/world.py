@@ -372,8 +372,8 @@ def build_world(rng: np.random.Generator, seed: int, recipe: Recipe) -> Scene:
             break
     if not math.isfinite(ceiling):  # distant blocks on the open ground
         for _ in range(int(rng.integers(6, 16))):
-            a, dist = float(rng.uniform(0, 2 * np.pi)), float(rng.uniform(20, 70))
-            hx, hy, hz = (float(v) for v in rng.uniform([2, 2, 2], [8, 8, 15]))
+            a, dist = float(rng.uniform(0, 2 * np.pi)), float(rng.uniform(15, 40))
+            hx, hy, hz = (float(v) for v in rng.uniform([2, 2, 2], [6, 6, 12]))
             objects.append(Box(center=(center[0] + dist * math.cos(a), center[1] + dist * math.sin(a), hz),
                                half_extents_m=(hx, hy, hz), rotation=_rot_z(rng.uniform(0, np.pi)),
                                texture=_texture(rng, recipe, (0.5, 4.0)), tag="layout"))
@@ -386,7 +386,7 @@ def build_world(rng: np.random.Generator, seed: int, recipe: Recipe) -> Scene:
             points.append((pos, tuple(float(v) for v in rng.uniform(0.3, 0.8) * rng.uniform(0.8, 1.0, 3)),
                            float(rng.uniform(1.5, 5.0))))
     outdoor = not math.isfinite(ceiling)
-    max_depth = float(rng.uniform(80, 120)) if outdoor else None
+    max_depth = float(rng.uniform(50, 70)) if outdoor else None  # farther ground counts as sky (invalid)
     haze = rng.random() < 0.3
     fog = (float(rng.uniform(30, 90)) if outdoor else float(rng.uniform(6, 30))) if haze else None
     return Scene(

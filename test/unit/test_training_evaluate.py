@@ -1,0 +1,44 @@
+"""The held-out evaluation's row-ramp baseline and quality table, against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from d3_training.evaluate import EVAL_FAMILIES, depth_metrics, quality_table, row_ramp
+
+
+def test_row_ramp_is_far_at_the_top():
+    np.testing.assert_array_equal(row_ramp((3, 2)), [[2, 2], [1, 1], [0, 0]])
+
+
+def test_row_ramp_metrics_match_a_hand_computed_case():
+    # ground truth: rows 4 m, 1 m, 1 m (a far wall above a near floor), 2 columns
+    gt = np.array([[4.0, 4.0], [1.0, 1.0], [1.0, 1.0]], np.float32)
+    valid = np.ones_like(gt, bool)
+    # ramp x = 2, 1, 0 per row. LSQ fit of gt = s x + b over the 6 pixels:
+    # mean x = 1, mean gt = 2; cov = sum (x-1)(gt-2) / 6 = (2*1*2 + 0 + 2*(-1)(-1)) / 6 = 1; var x = 4/6
+    # s = 1.5, b = 2 - 1.5 = 0.5 -> aligned rows 3.5, 2.0, 0.5
+    # AbsRel = mean(|3.5-4|/4, |2-1|/1, |0.5-1|/1) = (0.125 + 1 + 0.5) / 3 = 0.541666...
+    # δ1: ratios max(3.5/4, 4/3.5) = 1.143 (< 1.25), 2.0 (no), 2.0 (no) -> 1/3
+    abs_rel, delta1 = depth_metrics(row_ramp(gt.shape), gt, valid)
+    assert abs_rel == pytest.approx(0.5416667, abs=1e-5)
+    assert delta1 == pytest.approx(1 / 3)
+    # a scene that IS a ramp (far at the top, linear in the row) is fitted exactly
+    exact = np.array([[5.0, 5.0], [3.0, 3.0], [1.0, 1.0]], np.float32)
+    assert depth_metrics(row_ramp(exact.shape), exact, valid) == pytest.approx((0.0, 1.0), abs=1e-6)
+
+
+def test_quality_table_puts_old_new_and_ramp_rows_per_family():
+    def fam(a, ramp):
+        return {"abs_rel": a, "delta1": 0.9, "normals_mean_deg": 12.34, "row_ramp": {"abs_rel": ramp, "delta1": 0.5,
+                                                                                     "normals_mean_deg": 50.0}}
+
+    md = quality_table({"old": {"in_distribution": fam(0.3, 0.35), "shift": fam(0.4, 0.45)},
+                        "new": {"in_distribution": fam(0.1, 0.35), "shift": fam(0.2, 0.45)}})
+    lines = md.splitlines()
+    assert set(EVAL_FAMILIES) == {"in_distribution", "shift"}
+    assert "| in_distribution | old | 0.300 | 0.900 | 12.3 |" in lines
+    assert "| in_distribution | new | 0.100 | 0.900 | 12.3 |" in lines
+    assert "| in_distribution | row ramp | 0.350 | 0.500 | 50.0 |" in lines
+    assert lines.index("| shift | row ramp | 0.450 | 0.500 | 50.0 |") == len(lines) - 1
