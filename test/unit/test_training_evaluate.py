@@ -42,3 +42,22 @@ def test_quality_table_puts_old_new_and_ramp_rows_per_family():
     assert "| in_distribution | new | 0.100 | 0.900 | 12.3 |" in lines
     assert "| in_distribution | row ramp | 0.350 | 0.500 | 50.0 |" in lines
     assert lines.index("| shift | row ramp | 0.450 | 0.500 | 50.0 |") == len(lines) - 1
+
+
+def test_demo_reuses_a_recorded_previous_result_only_for_the_same_frames(tmp_path):
+    import json
+
+    from d3_training.demo import _previous_families
+    from d3_training.evaluate import HELD_OUT_SEED, frames_digest
+
+    hw = (16, 16)
+    assert _previous_families(tmp_path, 2, hw) is None  # nothing to replace
+    (tmp_path / "model.safetensors").write_bytes(b"not a model")  # measuring it would fail
+    fams = {name: {"abs_rel": 0.5, "frames_digest": frames_digest(2, hw, HELD_OUT_SEED, kind)}
+            for name, kind in EVAL_FAMILIES.items()}
+    (tmp_path / "quality.json").write_text(json.dumps({"families": fams}))
+    assert _previous_families(tmp_path, 2, hw) == fams
+    fams["shift"]["frames_digest"] = "0" * 64  # recorded on other frames: must be measured again
+    (tmp_path / "quality.json").write_text(json.dumps({"families": fams}))
+    with pytest.raises(ValueError, match="config.json"):  # the fake checkpoint cannot load: it was measured
+        _previous_families(tmp_path, 2, hw)
