@@ -310,7 +310,16 @@ class Cylinder(Primitive):
         b = lo[0] * ld[0] + lo[1] * ld[1]
         c = lo[0] * lo[0] + lo[1] * lo[1] - r2
         disc = b * b - a * c
-        best = np.full(np.broadcast(a, lo[2]).shape, _INF, np.float32)
+        shape = np.broadcast(a, lo[2]).shape
+        out = np.full(shape, _INF, np.float32)
+        # only rays whose line comes within the radius of the axis can hit the side or a cap (disc >= 0, with a
+        # margin for rounding): the remaining work runs on those alone, which for thin poles and legs is a few %
+        near = np.nonzero(disc >= np.float32(-1e-4) * (b * b + np.abs(a * c)))
+        if near[0].size == 0:
+            return out
+        lo, ld = [np.broadcast_to(v, shape)[near] for v in lo], [np.broadcast_to(v, shape)[near] for v in ld]
+        a, b, disc = (np.broadcast_to(v, shape)[near] for v in (a, b, disc))
+        best = np.full(a.shape, _INF, np.float32)
         with np.errstate(divide="ignore", invalid="ignore"):
             sq = np.sqrt(disc)
             for sgn in (-1.0, 1.0):
@@ -323,7 +332,8 @@ class Cylinder(Primitive):
                 x, y = lo[0] + t * ld[0], lo[1] + t * ld[1]
                 ok = np.isfinite(t) & (t > t_min) & (x * x + y * y <= r2)
                 best = np.where(ok & (t < best), t, best)
-        return best
+        out[near] = best
+        return out
 
     def normal(self, p):
         rot = np.asarray(self.rotation, np.float32)

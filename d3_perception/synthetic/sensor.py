@@ -53,13 +53,13 @@ def apply_sensor(rgb: np.ndarray, model: SensorModel, rng: np.random.Generator) 
     x = img.astype(np.float32) / 255.0
     x = np.clip(x * np.float32(exposure), 0.0, 1.0) ** np.float32(gamma)
     if vignetting > 0:
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        r2 = ((xx - (w - 1) / 2) / (w / 2)) ** 2 + ((yy - (h - 1) / 2) / (h / 2)) ** 2  # 2 in the corners
+        yy, xx = np.ogrid[0:h, 0:w]
+        r2 = (((xx - (w - 1) / 2) / (w / 2)) ** 2 + ((yy - (h - 1) / 2) / (h / 2)) ** 2).astype(np.float32)  # 2 at corners
         x *= (1.0 - np.float32(vignetting) * np.clip(r2 / 2.0, 0.0, 1.0))[..., None]
     if blur >= 0.3:
         x = cv2.GaussianBlur(x, (0, 0), sigmaX=float(blur))
     if noise > 0:
-        x = x + rng.normal(0.0, noise, x.shape).astype(np.float32)
+        x = x + np.float32(noise) * rng.standard_normal(x.shape, dtype=np.float32)
     out = (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if use_jpeg:
         ok, buf = cv2.imencode(".jpg", out[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(round(quality))])

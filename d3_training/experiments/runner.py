@@ -11,7 +11,7 @@ runner resumes: finished runs are skipped); `results.md` holds the mean ± std t
 normal angle, for each family) with the trivial row ramp (far at the top, same alignment) as the last row.
 
     python -m d3_training.experiments --out runs/experiments            # full study (hours of CPU)
-    python -m d3_training.experiments --out runs/exp_quick --quick      # ~80 min on a 2-core CPU (measured)
+    python -m d3_training.experiments --out runs/exp_quick --quick      # ~80-90 min on a 2-core CPU
     python -m d3_training.experiments --out /tmp/exp --smoke            # minutes: plumbing check only
 """
 
@@ -49,8 +49,9 @@ class Budget:
 
 
 # The same study at a smaller budget (18 D³ runs of 160 steps at batch 8 plus three teachers): about 80 minutes on
-# one 2-core CPU (measured with --threads 1 on a partly busy machine); enough to see large effects, too short to
-# resolve small ones — the table says which.
+# one 2-core CPU (measured with --threads 1 on a partly busy machine, on the room generator with one evaluation
+# family; the second held-out family adds 18 x 100 frames, a few minutes); enough to see large effects, too short
+# to resolve small ones — the table says which.
 QUICK = Budget(batch=8, num_scenes=2000, vae_steps=300, teacher_budgets=(60, 250, 1000), default_teacher=250,
                d3_steps=160, stage1_steps=40, eval_frames=100)
 SMOKE = Budget(resolution=32, batch=2, num_scenes=16, vae_steps=3, teacher_budgets=(1, 2, 3), default_teacher=2,
