@@ -189,7 +189,8 @@ def _rot_z(yaw: float) -> tuple[tuple[float, float, float], ...]:
 
 
 def _rot_random(rng) -> tuple[tuple[float, float, float], ...]:
-    """A uniformly random rotation (QR of a Gaussian matrix, sign-fixed, det +1)."""
+    """A uniformly random rotation (QR of a Gaussian matrix, sign-fixed, det +1); by hand because scipy's
+    ``Rotation.random`` would make scipy a dependency of the package for three lines."""
     q, r = np.linalg.qr(rng.normal(size=(3, 3)))
     q = q * np.sign(np.diag(r))
     if np.linalg.det(q) < 0:

@@ -62,3 +62,13 @@ def test_bundled_model_reproduces_its_recorded_families():
         for key in TARGETS:
             assert measured[key] == pytest.approx(rec[key], rel=1e-4, abs=1e-5), (rec["kind"], key)
             assert measured["row_ramp"][key] == pytest.approx(rec["row_ramp"][key], rel=1e-4, abs=1e-5)
+
+
+def test_demo_config_trains_on_the_wide_world_recipe_within_about_90_minutes():
+    from d3_training.config import load_config
+
+    cfg = load_config(MODEL.parents[1] / "config" / "train" / "demo.yaml")
+    assert {(s.kind, s.scene_kind) for s in cfg.data.labeled} == {("synthetic", "world")}  # never the shift family
+    caps = [phase.max_minutes for _, phase in cfg.schedule.phases()]
+    assert all(c is not None for c in caps)
+    assert sum(caps) + 5 <= 90  # plus export and the 2 x 200-frame evaluation
