@@ -70,8 +70,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _previous_families(out: Path, frames: int, hw: tuple[int, int]) -> dict | None:
     """Both families' results of the checkpoint about to be replaced at ``out``: recorded in its quality.json
-    when measured on the very same frames (same ``frames_digest``), else measured now; None without a checkpoint."""
-    from d3_training.evaluate import EVAL_FAMILIES, HELD_OUT_SEED, evaluate_families, frames_digest
+    when measured on the very same frames (:func:`~d3_training.evaluate.same_frames`), else measured now; None
+    without a checkpoint."""
+    from d3_training.evaluate import (
+        EVAL_FAMILIES,
+        HELD_OUT_SEED,
+        evaluate_families,
+        frames_fingerprint,
+        same_frames,
+    )
 
     if not (out / "model.safetensors").is_file():
         return None
@@ -79,7 +86,7 @@ def _previous_families(out: Path, frames: int, hw: tuple[int, int]) -> dict | No
     if recorded.is_file():
         fams = json.loads(recorded.read_text()).get("families") or {}
         if set(fams) == set(EVAL_FAMILIES) and all(
-                fams[name].get("frames_digest") == frames_digest(frames, hw, HELD_OUT_SEED, kind)
+                same_frames(fams[name].get("frames_fingerprint", []), frames_fingerprint(frames, hw, HELD_OUT_SEED, kind))
                 for name, kind in EVAL_FAMILIES.items()):
             return fams
     return evaluate_families(out, frames, hw, progress=False)

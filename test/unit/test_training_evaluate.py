@@ -48,16 +48,25 @@ def test_demo_reuses_a_recorded_previous_result_only_for_the_same_frames(tmp_pat
     import json
 
     from d3_training.demo import _previous_families
-    from d3_training.evaluate import HELD_OUT_SEED, frames_digest
+    from d3_training.evaluate import HELD_OUT_SEED, frames_fingerprint
 
     hw = (16, 16)
     assert _previous_families(tmp_path, 2, hw) is None  # nothing to replace
     (tmp_path / "model.safetensors").write_bytes(b"not a model")  # measuring it would fail
-    fams = {name: {"abs_rel": 0.5, "frames_digest": frames_digest(2, hw, HELD_OUT_SEED, kind)}
+    fams = {name: {"abs_rel": 0.5, "frames_fingerprint": frames_fingerprint(2, hw, HELD_OUT_SEED, kind)}
             for name, kind in EVAL_FAMILIES.items()}
     (tmp_path / "quality.json").write_text(json.dumps({"families": fams}))
     assert _previous_families(tmp_path, 2, hw) == fams
-    fams["shift"]["frames_digest"] = "0" * 64  # recorded on other frames: must be measured again
+    fams["shift"]["frames_fingerprint"][1][1] *= 1.01  # recorded on other frames: must be measured again
     (tmp_path / "quality.json").write_text(json.dumps({"families": fams}))
     with pytest.raises(ValueError, match="config.json"):  # the fake checkpoint cannot load: it was measured
         _previous_families(tmp_path, 2, hw)
+
+
+def test_same_frames_tolerates_last_bit_noise_but_not_a_changed_frame():
+    from d3_training.evaluate import same_frames
+
+    base = [[1.0, 3.25, -0.1], [0.8, 12.5, 0.2]]
+    assert same_frames(base, [[1.0, 3.25 * (1 + 1e-6), -0.1], [0.8, 12.5, 0.2 + 1e-7]])
+    assert not same_frames(base, [[1.0, 3.3, -0.1], [0.8, 12.5, 0.2]])
+    assert not same_frames(base, base[:1])
