@@ -103,7 +103,7 @@ def test_camera_compressed_16uc1_sparse_and_prerendered_loop(rclpy_context, ros_
 
     topics = ("image/compressed", "depth", "sparse_depth")
     proc = _start_camera(ros_env, tmp_path, "image_format:=compressed", "sparse_encoding:=16UC1",
-                         "sparse_pattern:=random", "sparse_fraction:=0.05", "scene:=outdoor", "loop_frames:=3")
+                         "sparse_pattern:=random", "sparse_fraction:=0.05", "scene:=world", "loop_frames:=3")
     try:
         complete, _ = _collect(rclpy_context, topics, want_frames=5)
     finally:
@@ -129,7 +129,7 @@ def test_camera_refuses_bad_parameters_with_one_line(ros_env, tmp_path):
         [sys.executable, "-m", "d3_perception.ros.synthetic_camera", "--ros-args", "-p", "scene:=cave"],
         env=ros_env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "`scene` must be one of room, outdoor, mixed; got 'cave'" in proc.stderr
+    assert "`scene` must be one of room, outdoor, mixed, world, shift; got 'cave'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
