@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -62,3 +64,32 @@ def image_size(min_px: int, max_px: int) -> Callable[[str], tuple[int, int]]:
         return h, w
 
     return parse
+
+
+DEMO_MODEL_NAME = "d3_demo_tiny"
+
+
+def bundled_demo_checkpoint() -> Path | None:
+    """``models/d3_demo_tiny`` of the source checkout or the installed ROS share directory; None if absent."""
+    # launch_config.package_share_dir imports no ROS at module level (ament_index only inside, guarded)
+    from d3_perception.ros.launch_config import package_share_dir
+
+    ckpt = package_share_dir() / "models" / DEMO_MODEL_NAME
+    return ckpt if (ckpt / "config.json").is_file() and (ckpt / "model.safetensors").is_file() else None
+
+
+def checkpoint_or_demo(checkpoint: str | os.PathLike | None, prog: str) -> Path:
+    """``checkpoint`` as given, else the bundled demo model, announced on stderr in one line.
+
+    Raises ``ValueError`` (one line: how to give real weights) when neither exists.
+    """
+    if checkpoint not in (None, ""):
+        return Path(checkpoint)
+    demo = bundled_demo_checkpoint()
+    if demo is None:
+        raise ValueError("`--checkpoint` must be given: no bundled demo model models/d3_demo_tiny is installed "
+                         "here (real weights: d3-convert-official, see docs/model.md)")
+    print(f"{prog}: no --checkpoint given: using the bundled demo model {demo} (4 M parameters, trained only on "
+          "synthetic scenes: rough on real images); for real weights pass --checkpoint DIR "
+          "(official D³ weights: d3-convert-official, docs/model.md)", file=sys.stderr)
+    return demo

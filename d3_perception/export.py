@@ -93,9 +93,12 @@ def build_tensorrt_engine(checkpoint, onnx_path, *, precision: str = "fp16", res
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d3-export", description=__doc__.splitlines()[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path, help="checkpoint directory (config.json + model.safetensors)")
+    p.add_argument("checkpoint", type=Path, nargs="?", default=None,
+                   help="checkpoint directory (config.json + model.safetensors); default: the bundled demo model "
+                        "models/d3_demo_tiny (trained on synthetic scenes only)")
     p.add_argument("--output", "-o", type=Path, default=None,
-                   help="ONNX file to write (default: <checkpoint>/<model_id>.onnx)")
+                   help="ONNX file to write (default: <checkpoint>/<model_id>.onnx; with the bundled demo model "
+                        "./<model_id>.onnx)")
     p.add_argument("--tasks", nargs="+", default=None, help="subset of the checkpoint's tasks (default: all)")
     p.add_argument("--height", type=int, default=None, help="fixed network input height (multiple of 64)")
     p.add_argument("--width", type=int, default=None, help="fixed network input width (multiple of 64)")
@@ -129,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from d3_perception.cli_args import checkpoint_or_demo
     from d3_perception.model import load_pretrained
 
+    given = args.checkpoint is not None
+    args.checkpoint = checkpoint_or_demo(args.checkpoint, "d3-export")
     if (args.height is None) != (args.width is None):
         raise ValueError(f"`--height` and `--width` must be given together; got {args.height}, {args.width}")
     hw = (args.height, args.width) if args.height is not None else None
@@ -139,7 +145,8 @@ def _run(args: argparse.Namespace) -> int:
     with tqdm(total=len(steps), desc="d3-export", unit="step", file=sys.stderr) as bar:
         bar.set_postfix_str("loading checkpoint")
         predictor = load_pretrained(args.checkpoint, tasks=args.tasks)
-        out = args.output or (args.checkpoint / f"{predictor.config.model_id}.onnx")
+        # the bundled model may sit in a read-only install or a source checkout: write next to the user instead
+        out = args.output or ((args.checkpoint if given else Path.cwd()) / f"{predictor.config.model_id}.onnx")
         bar.update()
         bar.set_postfix_str(f"exporting ({args.exporter})")
         export_onnx(args.checkpoint, out, tasks=args.tasks, hw=hw, opset=args.opset, exporter=args.exporter,

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 EPILOG = """examples:
+  d3-predict photo.jpg -o out/        # the bundled demo model (synthetic-trained; says so on stderr)
   d3-predict photo.jpg --checkpoint models/d3_tiny --output out/
   d3-predict frames/ --recursive --checkpoint models/d3_tiny --backend onnxruntime --output out/
   d3-predict 'shots/*.png' --checkpoint ckpt/ --tasks depth --resolution 512 --output out/ --colormap magma
@@ -142,7 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d3-predict", description=__doc__.splitlines()[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns (quote globs)")
-    p.add_argument("--checkpoint", "-c", type=Path, required=True, help="checkpoint directory (or exported .onnx)")
+    p.add_argument("--checkpoint", "-c", type=Path, default=None,
+                   help="checkpoint directory (or exported .onnx); default: the bundled demo model "
+                        "models/d3_demo_tiny (trained on synthetic scenes only)")
     p.add_argument("--output", "-o", type=Path, required=True, help="output folder (created)")
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto",
                    help="inference backend (default auto: TensorRT -> ONNX Runtime -> torch)")
@@ -203,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         if not files:
             raise ValueError(f"`inputs` must name at least one image; got nothing from {args.inputs}")
         from d3_perception.backends import create_backend
+        from d3_perception.cli_args import checkpoint_or_demo
 
+        args.checkpoint = checkpoint_or_demo(args.checkpoint, "d3-predict")
         backend = create_backend(args.backend, args.checkpoint, device=args.device, precision=args.precision,
                                  processing_resolution=args.resolution,
                                  tasks=tuple(args.tasks) if args.tasks else None)

@@ -138,10 +138,16 @@ def make_sample(rgb: np.ndarray, hw: tuple[int, int], depth_m: np.ndarray | None
 # ----------------------------------------------------------------------------- datasets
 class SyntheticDataset(torch.utils.data.Dataset):
     """`num_samples` deterministic views: sample i = scene (seed, i // views) at trajectory time of view i % views.
-    Rendered on the fly with exact depth (z, metres) and optical-frame normals."""
+    Rendered on the fly with exact depth (z, metres) and optical-frame normals. ``kind``: a scene kind of
+    ``d3_perception.synthetic.SCENE_KINDS``; ``world`` is the wide world's training recipe (its own FOV and sensor
+    effects per scene), ``shift`` its held-out family (evaluation only: :func:`build_dataset` refuses it)."""
 
     def __init__(self, hw: tuple[int, int], num_samples: int = 2000, seed: int = 0, kind: str = "room",
                  views_per_scene: int = 4) -> None:
+        from d3_perception.synthetic import SCENE_KINDS
+
+        if kind not in SCENE_KINDS:
+            raise DataError(f"`scene_kind` must be one of {SCENE_KINDS}; got {kind!r}")
         self.hw, self.num_samples, self.seed, self.kind, self.views = hw, num_samples, seed, kind, views_per_scene
 
     def __len__(self) -> int:
@@ -386,6 +392,9 @@ def build_dataset(spec: DatasetSpec, hw: tuple[int, int]) -> torch.utils.data.Da
     lo, hi = DEFAULT_RANGES[spec.kind]
     rng = (spec.min_depth_m if spec.min_depth_m is not None else lo, spec.max_depth_m if spec.max_depth_m is not None else hi)
     if spec.kind == "synthetic":
+        if spec.scene_kind == "shift":  # held out by construction: no training config may draw from it
+            raise DataError("`scene_kind` must not be 'shift' in training data (it is the held-out shift family; "
+                            "train on 'world'); got 'shift'")
         return SyntheticDataset(hw, spec.num_samples, spec.seed, spec.scene_kind)
     if spec.kind == "folder":
         return FolderDataset(spec.path, hw, rng, spec.normals_convention)

@@ -126,3 +126,43 @@ def rclpy_context(ros_env):
 @pytest.fixture
 def python_exe() -> str:
     return sys.executable
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child a test will signal: SIGINT back to its default disposition.
+
+    A suite run as a background job (``pytest ... &``) inherits SIGINT as *ignored*, and so would every
+    child; a test that stops a child with SIGINT must not depend on how pytest itself was started.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def ignored_sigint() -> None:
+    """``preexec_fn`` that starts a child the way a shell starts a background job: SIGINT ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+_PROCESS_ISOLATION: dict[str, object] = {}  # the lease (held until exit) and the variables, set once
+
+
+def isolate_this_process(log_prefix: str = "d3_ros_test_") -> dict[str, str]:
+    """Make this process (and everything it launches) a private ROS world, whatever the caller's environment.
+
+    For launch tests, which run outside the ``ros_env`` fixture (``launch_test FILE`` or pytest's
+    launch_testing plugin): leases a free ROS_DOMAIN_ID (the same flock files as ``ros_env`` and d3-demo, held
+    until the process exits), and sets ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a fresh ROS_LOG_DIR and the
+    Fast DDS shared-memory profile in ``os.environ`` (launched processes and ``rclpy.init`` read it there).
+    Call it at import time, before rclpy.init or any launch action. Returns the variables it set; later calls
+    in the same process set the same ones again.
+    """
+    if not _PROCESS_ISOLATION:
+        lease = _DomainLease()
+        _PROCESS_ISOLATION["lease"] = lease
+        _PROCESS_ISOLATION["env"] = ros_environment(lease.domain_id, Path(tempfile.mkdtemp(prefix=log_prefix)))
+    env = dict(_PROCESS_ISOLATION["env"])
+    os.environ.update(env)
+    return env

@@ -32,8 +32,8 @@ class Backend:
     :mod:`d3_perception.geometry.normals` to convert them to the camera optical frame).
 
     A built-in backend implements only :meth:`run_network`; :meth:`predict` (here, once for all of them)
-    checks the frames and tasks, resizes/pads them to the processing size in chunks of :attr:`batch_size`
-    and undoes that on the outputs. A plugin backend may instead override :meth:`predict` itself.
+    checks the frames and tasks, resizes/pads them to the processing size (the checkpoint's
+    ``resize_policy``) in chunks of :attr:`batch_size` and undoes that on the outputs. A plugin backend may instead override :meth:`predict` itself.
     """
 
     info: BackendInfo
@@ -42,6 +42,11 @@ class Backend:
     #: consumers may skip renormalising; plugin backends that leave it False get renormalised by the node.
     unit_normals: bool = False
     batch_size: int = 4  # frames per network call
+
+    @property
+    def resize_policy(self) -> str:
+        """How frames reach the network size: the checkpoint's ``resize_policy`` ("keep_aspect" or "squash")."""
+        return getattr(getattr(self, "config", None), "resize_policy", "keep_aspect")
 
     def check_tasks(self, tasks: tuple[str, ...] | str | None) -> tuple[str, ...]:
         """``tasks`` as a tuple (None = :attr:`BackendInfo.tasks`); ValueError unless a non-empty subset of the
@@ -63,7 +68,7 @@ class Backend:
         chunks = []
         for start in range(0, images.shape[0], self.batch_size):
             x, geo = preprocess(images[start:start + self.batch_size], self.info.processing_resolution,
-                                self.config.input_range)
+                                self.config.input_range, self.resize_policy)
             raw = self.run_network(x, tasks)
             chunks.append(postprocess({t: raw[t] for t in tasks}, geo))
         return {t: np.concatenate([c[t] for c in chunks]) for t in tasks}
@@ -93,7 +98,7 @@ class Backend:
         groups: dict[tuple[int, int], list[tuple[list[int], object, np.ndarray]]] = {}
         for idx in by_size.values():
             x, geo = preprocess(np.concatenate([frames[i] for i in idx]), self.info.processing_resolution,
-                                self.config.input_range)
+                                self.config.input_range, self.resize_policy)
             groups.setdefault(geo.padded_hw, []).append((idx, geo, x))
         for parts in groups.values():
             x = np.concatenate([p[2] for p in parts])

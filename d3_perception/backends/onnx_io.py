@@ -1,7 +1,8 @@
 """ONNX export of a checkpoint, its metadata, file hashing and the ONNX cache next to a checkpoint.
 
 The exported graph has one input ``image`` ``[N,3,H,W]`` float32 in the checkpoint's ``input_range`` (H, W
-multiples of 64) and one output per task: ``depth`` ``[N,1,H,W]`` in [0,1], ``normals`` ``[N,3,H,W]`` unit.
+multiples of 64) and one output per task: ``depth`` ``[N,1,H,W]`` in [0,1], ``normals`` ``[N,3,H,W]`` unit
+(for a ``squash`` checkpoint: each task's raw decoded maps ``[N,3,H,W]``, see ``model.processing``).
 τ and the prompt embeddings are constants inside the graph; the batch dimension is dynamic (the example
 has batch 2 because torch.export specialises size-1 dimensions), H and W are fixed or dynamic.
 """
@@ -132,7 +133,8 @@ def export_onnx(checkpoint: str | os.PathLike, out_path: str | os.PathLike, *, t
 
     hw: fixed (H, W) network input, multiples of 64; None = dynamic H and W. tasks: None = all.
     predictor: an already loaded fp32 CPU :class:`D3Predictor` of this checkpoint (saves a reload).
-    Metadata stored in the file: ``d3_config`` (config.json), ``d3_checkpoint_hash``, ``d3_tasks``, ``d3_hw``.
+    Metadata stored in the file: ``d3_config`` (config.json), ``d3_checkpoint_hash``, ``d3_tasks``, ``d3_hw``,
+    ``d3_resize_policy``.
     """
     import torch
 
@@ -160,6 +162,7 @@ def export_onnx(checkpoint: str | os.PathLike, out_path: str | os.PathLike, *, t
             "d3_tasks": ",".join(task_names),
             "d3_hw": spec.shape_tag,
             "d3_exporter": exporter,
+            "d3_resize_policy": predictor.config.resize_policy,  # also inside d3_config; here for other readers
         }
         with torch.inference_mode(False), torch.no_grad(), _quiet_stdout():
             if exporter == "dynamo":

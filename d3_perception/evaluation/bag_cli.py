@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: ./<bag name>_eval)")
     p.add_argument("--list-topics", action="store_true", help="print the bag's topics and exit")
     g = p.add_argument_group("model")
-    g.add_argument("--checkpoint", default=None, help="checkpoint directory (required unless --pred-topic)")
+    g.add_argument("--checkpoint", default=None, help="checkpoint directory (default, unless --pred-topic: the bundled demo "
+                   "model models/d3_demo_tiny)")
     g.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
     g.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: the backend's choice)")
     g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
@@ -108,7 +109,9 @@ def _run(args: argparse.Namespace) -> int:
     if not Path(args.bag).exists():
         raise _UsageError(f"bag `{args.bag}` does not exist")
     if args.pred_topic is None and args.checkpoint is None and not args.list_topics:
-        raise _UsageError("`--checkpoint` is required unless --pred-topic names recorded predictions")
+        from d3_perception.cli_args import checkpoint_or_demo
+
+        args.checkpoint = str(checkpoint_or_demo(None, "d3-eval-bag"))
     if args.pred_topic is not None and args.write_bag is not None:
         raise _UsageError("`--write-bag` needs a model run; with --pred-topic the predictions are already in the bag")
     if args.metric_mode == "none" and args.pred_topic is None:

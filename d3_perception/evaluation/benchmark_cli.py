@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="d3-eval", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint directory (default: the bundled demo model models/d3_demo_tiny)")
     p.add_argument("--data-root", required=True, help="folder holding the benchmark sets and split files")
     p.add_argument("--datasets", default="depth",
                    help=f"comma list of {', '.join(DEPTH_DATASETS + NORMAL_DATASETS)}, or depth / normals / all "
@@ -247,6 +248,7 @@ def render_markdown(results: list[dict], model: dict, published: dict) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from d3_perception.cli_args import checkpoint_or_demo
     from d3_perception.evaluation.datasets import load_dataset_config, open_dataset
     from d3_perception.evaluation.report import write_json
 
@@ -258,6 +260,7 @@ def _run(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"`--split-file` names datasets not being evaluated: {sorted(unknown)}")
     resolution = _parse_resolution(args.resolution)
+    args.checkpoint = str(checkpoint_or_demo(args.checkpoint, "d3-eval"))
     # Validate every requested set before loading the model: a missing one fails fast with what was expected.
     datasets = [open_dataset(load_dataset_config(n), args.data_root, splits.get(n)) for n in names]
     backends: dict[int | None, object] = {}

@@ -25,6 +25,7 @@ __all__ = [
     "NORMALS_CONVENTIONS",
     "OFFICIAL_PROMPTS",
     "PAD_MULTIPLE",
+    "RESIZE_POLICIES",
     "ModelConfig",
     "atomic_write_bytes",
     "check_processing_resolution",
@@ -41,6 +42,9 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 KNOWN_TASKS = ("depth", "normals")
 NORMALS_CONVENTIONS = tuple(NORMAL_CONVENTIONS)  # owned by geometry.normals (its axis-flip table)
+# keep_aspect: long side -> processing_resolution, pad to PAD_MULTIPLE (the project's models);
+# squash: resize to processing_resolution x processing_resolution, as official D³ training and inference do.
+RESIZE_POLICIES = ("keep_aspect", "squash")
 # Network inputs are padded to this multiple for every config (SD2.1 needs 64 = 8x VAE * 8x UNet; the tiny
 # config needs only 16 = 4x VAE * 4x UNet, but one rule for all keeps exported shape profiles uniform).
 PAD_MULTIPLE = 64
@@ -166,6 +170,11 @@ class ModelConfig:
         input_range: RGB in [0,1] is mapped affinely onto this range before the VAE (SD: (-1, 1)).
         normals_convention: "optical" (x right, y down, z forward) or "opengl" (x right, y up, z to viewer).
         depth_convention: always "relative_near_zero": depth in [0,1], 0 = near, affine-invariant.
+        resize_policy: how frames reach the network grid (see ``model.processing``): "keep_aspect" (long side
+            = processing_resolution, pad to a multiple of 64; the project's models) or "squash" (resize to a
+            square processing_resolution x processing_resolution, bilinear without antialiasing, and the
+            unclamped output resized back before clamping: how the official D³ checkpoints were trained).
+            Configs written before this field existed load as "keep_aspect".
         model_id: a short human-readable name published in diagnostics.
         provenance: free-form facts (source checkpoint, training run, git SHA, date).
     """
@@ -181,6 +190,7 @@ class ModelConfig:
     input_range: tuple[float, float] = (-1.0, 1.0)
     normals_convention: str = "optical"
     depth_convention: str = "relative_near_zero"
+    resize_policy: str = "keep_aspect"
     model_id: str = "d3"
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -245,6 +255,8 @@ class ModelConfig:
                              f"got {self.normals_convention!r}")
         if self.depth_convention != "relative_near_zero":
             raise ValueError(f"`depth_convention` must be 'relative_near_zero'; got {self.depth_convention!r}")
+        if self.resize_policy not in RESIZE_POLICIES:
+            raise ValueError(f"`resize_policy` must be one of {RESIZE_POLICIES}; got {self.resize_policy!r}")
         if not isinstance(self.model_id, str) or not self.model_id:
             raise ValueError(f"`model_id` must be a non-empty string; got {self.model_id!r}")
 

@@ -112,6 +112,10 @@ class D3Predictor(nn.Module):
     def forward(self, x: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """``x`` ``[N,3,h,w]`` in ``input_range`` (h, w multiples of 64) -> per task:
         ``"depth"`` ``[N,1,h,w]`` in [0,1] (0 = near), ``"normals"`` ``[N,3,h,w]`` unit vectors.
+
+        With ``config.resize_policy == "squash"`` every task returns the raw decoded maps ``[N,3,h,w]``
+        (unclamped): the official order resizes them back to the frame size before clamping, so the heads
+        run in ``processing.postprocess`` (``apply_heads``).
         """
         idx = self.task_indices(tasks)
         n = x.shape[0]
@@ -129,7 +133,10 @@ class D3Predictor(nn.Module):
         # 3. One UNet call at τ; its conv_out is the target latent directly (no ε/v conversion).
         y_lat = self.unet(z_all, tau, encoder_hidden_states=emb_all, return_dict=False)[0]  # [T*N,4,h',w']
         # 4. Decode all tasks in one call.
-        y = self.decode(y_lat).clamp(-1.0, 1.0)  # [T*N,3,h,w]
+        y = self.decode(y_lat)  # [T*N,3,h,w], unclamped
+        if self.config.resize_policy == "squash":
+            return {self.config.tasks[i]: y[k * n:(k + 1) * n] for k, i in enumerate(idx)}  # raw [N,3,h,w] each
+        y = y.clamp(-1.0, 1.0)
         # 5. Task heads.
         out: dict[str, torch.Tensor] = {}
         for k, i in enumerate(idx):
@@ -158,7 +165,8 @@ class D3Predictor(nn.Module):
         param = self.vae.encoder.conv_in.weight  # model dtype/device (τ itself is kept fp32)
         chunks: list[dict[str, np.ndarray]] = []
         for start in range(0, images.shape[0], batch_size):
-            x_np, geo = preprocess(images[start:start + batch_size], resolution, self.config.input_range)
+            x_np, geo = preprocess(images[start:start + batch_size], resolution, self.config.input_range,
+                                   self.config.resize_policy)
             x = torch.from_numpy(x_np).to(device=param.device, dtype=param.dtype)  # [n,3,h_pad,w_pad]
             raw = self(x, tasks)
             raw_np = {k: v.float().cpu().numpy() for k, v in raw.items()}

@@ -321,12 +321,19 @@ class _Collector:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+    previous_int = None
+    if _main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # Started as a background job (`d3-demo ... &` in a script): the shell made SIGINT ignored, which
+        # every child would inherit too; the demo is stopped with SIGINT like any ROS program, so undo that.
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return run_cli("d3-demo", lambda: _run(args), (DemoError,),
                        interrupted="interrupted; stopped everything it started", error_code=1)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def _main_thread() -> bool:
@@ -341,15 +348,15 @@ def _raise_interrupt(signum, frame):
 
 def _resolve_checkpoint(args, out: Path) -> tuple[str, str, bool]:
     """(checkpoint dir, description, is_random)."""
-    from d3_perception.ros.launch_config import package_share_dir
+    from d3_perception.cli_args import bundled_demo_checkpoint
 
     if args.checkpoint:
         ckpt = Path(args.checkpoint)
         if not (ckpt / "config.json").is_file():
             raise DemoError(f"`--checkpoint` must be a checkpoint directory with config.json; got {args.checkpoint!r}")
         return str(ckpt), f"checkpoint {ckpt}", False
-    bundled = package_share_dir() / "models" / "d3_demo_tiny"
-    if (bundled / "config.json").is_file():
+    bundled = bundled_demo_checkpoint()
+    if bundled is not None:
         return str(bundled), f"bundled demo model {bundled}", False
     ckpt = out / "random_tiny_checkpoint"  # built by _build_random_checkpoint once the domain is leased
     return str(ckpt), "a tiny RANDOM-weight model (no trained demo model is bundled): the numbers are meaningless", True

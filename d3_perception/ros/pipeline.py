@@ -104,11 +104,11 @@ def wanted_outputs(cfg: NodeConfig, subscribers: dict[str, int]) -> dict[str, bo
             for k, on in enabled.items()}
 
 
-def processing_hw(out_hw: tuple[int, int], resolution: int) -> tuple[int, int]:
+def processing_hw(out_hw: tuple[int, int], resolution: int, resize_policy: str = "keep_aspect") -> tuple[int, int]:
     """The network input size (H, W) for an ``out_hw`` frame (:func:`~d3_perception.model.processing.plan_geometry`);
     (0, 0) for a plugin backend whose resolution is no valid processing resolution."""
     try:
-        return plan_geometry(out_hw, resolution).padded_hw
+        return plan_geometry(out_hw, resolution, resize_policy).padded_hw
     except (ValueError, TypeError):
         return (0, 0)
 
@@ -380,7 +380,8 @@ class CameraPipeline:
         if mark:
             mark()  # packing
         bi = active.backend.info
-        return FrameResult(header, messages, outputs, bi, processing_hw(out_hw, bi.processing_resolution),
+        policy = getattr(getattr(active.backend, "config", None), "resize_policy", "keep_aspect")
+        return FrameResult(header, messages, outputs, bi, processing_hw(out_hw, bi.processing_resolution, policy),
                            inference_ms, prep.started, want)
 
     def finish(self, result: FrameResult, now_s: float) -> float:

@@ -17,7 +17,9 @@ Run: ``python -m d3_perception.ros.synthetic_camera --ros-args --params-file con
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 
 import cv2
@@ -38,7 +40,7 @@ from d3_perception.synthetic.render import Frame
 from d3_perception.synthetic.sequence import SyntheticSequence
 from d3_perception.synthetic.sparse import sparse_depth
 
-__all__ = ["SyntheticCameraNode", "main"]
+__all__ = ["SyntheticCameraNode", "main", "publisher_qos"]
 
 
 def _image(data: tuple[int, int, int, bytes], encoding: str, header: Header) -> Image:
@@ -46,6 +48,17 @@ def _image(data: tuple[int, int, int, bytes], encoding: str, header: Header) -> 
     msg = Image(header=header, height=h, width=w, encoding=encoding, is_bigendian=0, step=step)
     msg.data = payload
     return msg
+
+
+def publisher_qos(name: str) -> QoSProfile:
+    """The QoS of every topic the camera publishes, by its ``qos`` parameter: ``sensor_data`` (best effort,
+    depth 5; the default) or ``reliable`` (depth 5). Subscribers that must receive from the camera (tests,
+    tools) use this same profile: a RELIABLE subscription never matches the best-effort default."""
+    if name == "sensor_data":
+        return qos_profile_sensor_data
+    if name == "reliable":
+        return QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    raise ValueError(f"`qos` must be sensor_data or reliable; got {name!r}")
 
 
 class _Encoded:
@@ -81,8 +94,7 @@ class SyntheticCameraNode(Node):
         self._published = 0
         self._slow_warned_at = 0.0
         self.done = False
-        qos = (qos_profile_sensor_data if self.cfg.qos == "sensor_data"
-               else QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+        qos = publisher_qos(self.cfg.qos)
         fmt = self.cfg.image_format
         self.pub_image = self.create_publisher(Image, "image", qos) if fmt in ("raw", "both") else None
         self.pub_compressed = (self.create_publisher(CompressedImage, "image/compressed", qos)
@@ -196,10 +208,71 @@ class SyntheticCameraNode(Node):
             self.done = True
 
 
+HELP_EPILOG = """examples:
+  python -m d3_perception.ros.synthetic_camera --ros-args --params-file config/synthetic_camera.yaml
+  python -m d3_perception.ros.synthetic_camera --ros-args -r __ns:=/camera -p width:=640 -p height:=480 \\
+      -p scene:=outdoor -p rate_hz:=15.0
+
+Stops cleanly (exit 0) on SIGINT or SIGTERM, however many arrive.
+"""
+
+
+def _help_text() -> str:
+    lines = [__doc__.split("\n\n")[0].replace("``", ""), "", "parameters (-p NAME:=VALUE after --ros-args; defaults in brackets):"]
+    for p in CAMERA_PARAMETERS:
+        lines.append(f"  {p.name:<22} {p.description} [{p.default}]")
+    return "\n".join(lines)
+
+
+def _parse_cli(args: list[str]) -> None:
+    """The non-ROS arguments: only ``--help``; anything else is a one-line error (exit 2)."""
+    import argparse
+
+    from rclpy.utilities import remove_ros_args
+
+    from d3_perception.cli_args import OneLineErrorParser
+
+    parser = OneLineErrorParser(prog="synthetic_camera", description=_help_text(), epilog=HELP_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(remove_ros_args(args)[1:])
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM -> a stop flag, for the whole life of the process.
+
+    rclpy's own handlers are not used: after shutdown they restore the inherited disposition, so a second
+    SIGINT (launch sends one more when it has no terminal) killed the process mid-cleanup (exit -2). Setting
+    our handler also undoes a SIGINT inherited as ignored (a job started in the background by a shell), so
+    the camera still stops on SIGINT there.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received.append(signum)
+
+    @property
+    def stop(self) -> bool:
+        return bool(self.received)
+
+    @staticmethod
+    def ignore_further() -> None:
+        """During cleanup and interpreter exit (which resets Python handlers to the default, fatal one)."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``synthetic_camera`` executable; ``argv`` without the program name."""
     args = sys.argv if argv is None else [sys.argv[0], *argv]
-    rclpy.init(args=args)
+    _parse_cli(args)  # --help prints and exits 0 before any ROS work
+    from rclpy.signals import SignalHandlerOptions
+
+    signals = _StopSignals() if threading.current_thread() is threading.main_thread() else None
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO if signals else SignalHandlerOptions.ALL)
     node = None
     try:
         try:
@@ -209,11 +282,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        while rclpy.ok() and not node.done:
+        while rclpy.ok() and not node.done and not (signals and signals.stop):
             executor.spin_once(timeout_sec=0.1)
+        if node is not None:
+            node.done = True  # _tick publishes nothing more
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        if signals is not None:
+            signals.ignore_further()  # shutting down: more signals must not interrupt the cleanup
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

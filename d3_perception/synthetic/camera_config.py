@@ -27,7 +27,9 @@ class CameraParam:
 
 
 CAMERA_PARAMETERS: tuple[CameraParam, ...] = (
-    CameraParam("scene", "room", "procedural world: room | outdoor | mixed", choices=SCENE_KINDS),
+    CameraParam("scene", "room", "procedural world: room | outdoor | mixed | world (the wide world the demo model "
+                "trains on: any camera pitch/roll, sensor effects) | shift (its held-out shift family)",
+                choices=SCENE_KINDS),
     CameraParam("seed", 0, "scene seed (same seed = same world and trajectory)", min=0, max=2**31 - 1),
     CameraParam("width", 320, "image width in pixels", min=8, max=4096),
     CameraParam("height", 240, "image height in pixels", min=8, max=4096),

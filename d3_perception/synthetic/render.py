@@ -29,6 +29,12 @@ class Scene:
     aerial-perspective fog (None = off); ``max_depth_m``: hits farther than this z-depth count
     as sky (invalid), like a sensor's range limit (None = unlimited); ``shadows``: cast shadows from objects with ``casts_shadow``.
     ``trajectory``: a callable ``t_s -> [4,4]`` camera pose, used by :class:`SyntheticSequence`.
+    ``point_lights``: ((position m, linear RGB, falloff m), ...): Lambert light that falls off as
+    1 / (1 + (distance / falloff)^2), no shadows; ``specular``: Blinn-Phong highlight strength (0 = matte) with
+    exponent ``shininess``, from the directional and point lights. ``hfov_deg``: the scene's own horizontal
+    field of view (None = the viewer's default); ``sensor``: a :class:`~d3_perception.synthetic.sensor.SensorModel`
+    applied by :class:`SyntheticSequence` to the RGB only (None = ideal camera); ``family``: the wide-world
+    family (``world`` or ``shift``) or None.
     """
 
     primitives: tuple[Primitive, ...]
@@ -43,6 +49,12 @@ class Scene:
     kind: str = "custom"
     seed: int | None = None
     trajectory: object | None = field(default=None, compare=False)
+    point_lights: tuple = ()
+    specular: float = 0.0
+    shininess: float = 32.0
+    hfov_deg: float | None = None
+    sensor: object | None = None
+    family: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.primitives) == 0:
@@ -208,7 +220,11 @@ def render(scene: Scene, pose, K, size_hw) -> Frame:
     if scene.shadows:
         lambert *= ~_shadowed(scene, pts + n_w * (1e-3 * np.maximum(tt, 1.0)), light, lambert > 0)
     shade = np.asarray(scene.ambient, np.float32) + lambert[:, None] * np.asarray(scene.light_rgb, np.float32)
-    color = albedo * shade
+    if scene.point_lights or scene.specular > 0:
+        shade, highlight = _extra_light(scene, pts, n_w, dirs, light, lambert)
+        color = albedo * shade + highlight
+    else:
+        color = albedo * shade
     if scene.fog_m is not None:
         ray_len = tt[:, 0] * np.linalg.norm(dirs, axis=1)
         fog = np.exp(-ray_len / np.float32(scene.fog_m))[:, None]
@@ -232,6 +248,39 @@ def render(scene: Scene, pose, K, size_hw) -> Frame:
 
 # linear [0,1] quantised to 12 bits -> sRGB-like gamma 1/2.2 uint8 (a table lookup instead of a pow per pixel)
 _GAMMA_LUT = (np.linspace(0.0, 1.0, 4096) ** (1 / 2.2) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _length(v: np.ndarray) -> np.ndarray:
+    """Row lengths ``[N,1]`` of ``v`` [N,3] (np.linalg.norm's generic path is several times slower here)."""
+    return np.sqrt(np.einsum("ij,ij->i", v, v))[:, None]
+
+
+def _extra_light(scene: Scene, pts, n_w, dirs, light, lambert) -> tuple[np.ndarray, np.ndarray]:
+    """Diffuse shade [N,3] including the point lights, and the specular highlight [N,3] (linear RGB)."""
+    shade = np.asarray(scene.ambient, np.float32) + lambert[:, None] * np.asarray(scene.light_rgb, np.float32)
+    highlight = np.zeros_like(pts)
+    to_eye = -dirs / _length(dirs)  # [N,3] unit, from the point to the camera
+    exponent = np.float32(scene.shininess)
+    strength = np.float32(scene.specular)
+
+    def blinn(to_light, weight):
+        half = to_light + to_eye
+        half /= np.maximum(_length(half), 1e-6)
+        return strength * weight * np.clip(np.einsum("ij,ij->i", n_w, half), 0.0, 1.0) ** exponent
+
+    if strength > 0:  # the directional light's highlight exists only where its Lambert term (shadow included) does
+        highlight += (blinn(np.broadcast_to(light, pts.shape), (lambert > 0).astype(np.float32)))[:, None] \
+            * np.asarray(scene.light_rgb, np.float32)
+    for position, rgb, falloff_m in scene.point_lights:
+        to_light = np.asarray(position, np.float32) - pts
+        dist = _length(to_light)
+        to_light /= np.maximum(dist, 1e-6)
+        fall = 1.0 / (1.0 + (dist[:, 0] / np.float32(falloff_m)) ** 2)
+        diffuse = np.clip(np.einsum("ij,ij->i", n_w, to_light), 0.0, None) * fall
+        shade = shade + diffuse[:, None] * np.asarray(rgb, np.float32)
+        if strength > 0:
+            highlight += (blinn(to_light, fall * (diffuse > 0)))[:, None] * np.asarray(rgb, np.float32)
+    return shade, highlight
 
 
 def _shadowed(scene: Scene, pts: np.ndarray, light: np.ndarray, lit: np.ndarray) -> np.ndarray:

@@ -13,10 +13,13 @@ import numpy as np
 
 from d3_perception.synthetic.primitives import Box, Cylinder, Plane, Primitive, Rectangle, Sphere, Texture
 from d3_perception.synthetic.render import Scene, look_at
+from d3_perception.synthetic.world import FAMILIES, build_world
 
 __all__ = ["SCENE_KINDS", "OrbitTrajectory", "make_scene"]
 
-SCENE_KINDS = ("room", "outdoor", "mixed")
+# room/outdoor/mixed: the original generator (kept bit-identical: the bundled model's recorded quality uses it);
+# world/shift: the wide world's training recipe and its held-out shift family (synthetic/world.py)
+SCENE_KINDS = ("room", "outdoor", "mixed", "world", "shift")
 
 
 @dataclass(frozen=True)
@@ -75,14 +78,18 @@ def make_scene(seed: int, kind: str = "room") -> Scene:
 
     ``kind``: ``room`` (closed room 4-10 m with floor, walls, ceiling, furniture-like boxes, spheres,
     cylinders, leaning boards), ``outdoor`` (textured ground, buildings, trees, poles, boulders, ramps up
-    to ~60 m, sky, fog) or ``mixed`` (room or outdoor, picked by the seed). The scene carries a smooth
-    closed camera trajectory that keeps clear of every object.
+    to ~60 m, sky, fog) or ``mixed`` (room or outdoor, picked by the seed); ``world`` or ``shift``: the wide
+    world's training family or its held-out shift family (:mod:`d3_perception.synthetic.world`: varied layouts,
+    objects, textures, lights, camera pitch/roll/FOV and sensor effects). The scene carries a smooth closed
+    camera trajectory that keeps clear of every object.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"`seed` must be an integer >= 0; got {seed!r}")
     if kind not in SCENE_KINDS:
         raise ValueError(f"`kind` must be one of {SCENE_KINDS}; got {kind!r}")
     rng = np.random.default_rng([int(seed), SCENE_KINDS.index(kind)])
+    if kind in FAMILIES:
+        return build_world(rng, int(seed), FAMILIES[kind])
     if kind == "mixed":
         kind = "room" if rng.random() < 0.5 else "outdoor"
     build = _room if kind == "room" else _outdoor

@@ -5,11 +5,13 @@ VAE is pretrained once and shared; each teacher budget is pretrained once and sh
   (a) two_stage vs task_only (teacher init, no L_agg) vs joint (L_agg + tasks from step 0);
   (b) two_stage with half of the labelled scenes vs task_only with all of them;
   (c) two_stage with teachers pretrained for each budget in `teacher_budgets` (≥ 3 levels).
-Each finished run's held-out metrics go to `results.jsonl` (the runner resumes: finished runs are skipped);
-`results.md` holds the mean ± std table over seeds (AbsRel, δ1, normal angle).
+Data: the wide synthetic world's training recipe (scene kind `world`). Each finished run is evaluated on both
+held-out families (in_distribution = `world` seed 9999, and `shift`); its metrics go to `results.jsonl` (the
+runner resumes: finished runs are skipped); `results.md` holds the mean ± std table over seeds (AbsRel, δ1,
+normal angle, for each family) with the trivial row ramp (far at the top, same alignment) as the last row.
 
     python -m d3_training.experiments --out runs/experiments            # full study (hours of CPU)
-    python -m d3_training.experiments --out runs/exp_quick --quick      # ~80 min on a 2-core CPU (measured)
+    python -m d3_training.experiments --out runs/exp_quick --quick      # ~80-90 min on a 2-core CPU
     python -m d3_training.experiments --out /tmp/exp --smoke            # minutes: plumbing check only
 """
 
@@ -47,8 +49,9 @@ class Budget:
 
 
 # The same study at a smaller budget (18 D³ runs of 160 steps at batch 8 plus three teachers): about 80 minutes on
-# one 2-core CPU (measured with --threads 1 on a partly busy machine); enough to see large effects, too short to
-# resolve small ones — the table says which.
+# one 2-core CPU (measured with --threads 1 on a partly busy machine, on the room generator with one evaluation
+# family; the second held-out family adds 18 x 100 frames, a few minutes); enough to see large effects, too short
+# to resolve small ones — the table says which.
 QUICK = Budget(batch=8, num_scenes=2000, vae_steps=300, teacher_budgets=(60, 250, 1000), default_teacher=250,
                d3_steps=160, stage1_steps=40, eval_frames=100)
 SMOKE = Budget(resolution=32, batch=2, num_scenes=16, vae_steps=3, teacher_budgets=(1, 2, 3), default_teacher=2,
@@ -71,7 +74,7 @@ def _base(b: Budget, out_dir: Path, seed: int, scenes: int) -> dict:
                 "threads": b.threads},
         "model": {"preset": "tiny", "tasks": ["depth", "normals"], "adapter_depth": 2, "adapter_cond_dim": 64},
         "data": {"resolution": [b.resolution, b.resolution],
-                 "labeled": [{"kind": "synthetic", "num_samples": scenes, "seed": 0}]},
+                 "labeled": [{"kind": "synthetic", "num_samples": scenes, "seed": 0, "scene_kind": "world"}]},
     }
 
 
@@ -108,7 +111,7 @@ def pretrain(b: Budget, root: Path) -> dict[int, Path]:
 
 
 def run_variant(b: Budget, root: Path, name: str, schedule: str, teacher: Path, scenes: int, seed: int) -> dict:
-    from d3_training.evaluate import evaluate_checkpoint
+    from d3_training.evaluate import evaluate_families
     from d3_training.pipeline import run_pipeline
 
     run_dir = root / "runs" / f"{name}_seed{seed}"
@@ -124,20 +127,38 @@ def run_variant(b: Budget, root: Path, name: str, schedule: str, teacher: Path, 
         cfg["schedule"] = {"name": "task_only", "stage2": {**phase, "steps": b.d3_steps, "decay": "linear"}}
     resume = (run_dir / "config.yaml").is_file()
     exported = run_pipeline(config_from_dict(cfg), resume=resume)
-    metrics = evaluate_checkpoint(exported, b.eval_frames, (b.resolution, b.resolution), progress=False)
+    families = evaluate_families(exported, b.eval_frames, (b.resolution, b.resolution), progress=False)
+    metrics = families["in_distribution"]  # flat: the in-distribution numbers; `shift` nested
     metrics["eval_seed"] = metrics.pop("seed")
-    return {**metrics, "variant": name, "seed": seed, "schedule": schedule, "teacher": teacher.name, "scenes": scenes}
+    return {**metrics, "shift": families["shift"], "variant": name, "seed": seed, "schedule": schedule,
+            "teacher": teacher.name, "scenes": scenes}
+
+
+_COLUMNS = (("abs_rel", "{:.3f} ± {:.3f}"), ("delta1", "{:.3f} ± {:.3f}"), ("normals_mean_deg", "{:.1f} ± {:.1f}"))
+
+
+def _cells(results: list[dict]) -> list[str]:
+    """Mean ± std (ddof 1) over ``results`` of each metric; n/a where none has it."""
+    cells = []
+    for key, fmt in _COLUMNS:
+        vals = np.array([r[key] for r in results if key in r])
+        cells.append(fmt.format(vals.mean(), vals.std(ddof=1) if len(vals) > 1 else 0.0) if len(vals) else "n/a")
+    return cells
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| variant | seeds | AbsRel ↓ | δ1 ↑ | normals mean ° ↓ |", "|---|---|---|---|---|"]
+    """Markdown table, one row per variant: in-distribution metrics (flat keys of each row), then the shift
+    family's (``row["shift"]``); a last ``row ramp`` row when the rows carry the baseline (``row_ramp``)."""
+    lines = ["| variant | seeds | AbsRel ↓ | δ1 ↑ | normals mean ° ↓ | shift AbsRel ↓ | shift δ1 ↑ | shift normals ° ↓ |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["variant"] for r in rows):
         sel = [r for r in rows if r["variant"] == name]
-        cells = []
-        for key, fmt in (("abs_rel", "{:.3f} ± {:.3f}"), ("delta1", "{:.3f} ± {:.3f}"), ("normals_mean_deg", "{:.1f} ± {:.1f}")):
-            vals = np.array([r[key] for r in sel if key in r])
-            cells.append(fmt.format(vals.mean(), vals.std(ddof=1) if len(vals) > 1 else 0.0) if len(vals) else "n/a")
+        cells = _cells(sel) + _cells([r["shift"] for r in sel if "shift" in r])
         lines.append(f"| {name} | {len(sel)} | " + " | ".join(cells) + " |")
+    ramp = [r["row_ramp"] for r in rows if "row_ramp" in r]
+    if ramp:  # same frames for every run, so one value (std 0) unless runs used different eval frames
+        shift_ramp = [r["shift"]["row_ramp"] for r in rows if "row_ramp" in r.get("shift", {})]
+        lines.append("| row ramp (baseline) | – | " + " | ".join(_cells(ramp[:1]) + _cells(shift_ramp[:1])) + " |")
     return "\n".join(lines) + "\n"
 
 

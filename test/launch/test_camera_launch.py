@@ -7,6 +7,7 @@ registries); skipped elsewhere with that reason. Run with
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import threading
 import time
@@ -26,7 +27,11 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource  # n
 
 import launch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import launch_helpers  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
+ROS_ENV = launch_helpers.isolate()  # private domain, localhost, own log dir: before anything is launched
 NS = "/launchtest"
 _CKPT_DIR = tempfile.mkdtemp(prefix="d3_launch_test_")
 
@@ -99,16 +104,16 @@ class TestCameraLaunch(unittest.TestCase):
 
     def test_outputs_arrive(self):
         from d3_perception.msg import PredictionInfo
-        from launch_testing_ros import WaitForTopics
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-        topics = [(f"{NS}/depth/relative", Image), (f"{NS}/depth/camera_info", CameraInfo),
-                  (f"{NS}/normals", Image), (f"{NS}/points", PointCloud2),
-                  (f"{NS}/d3_perception_node/info", PredictionInfo)]
-        waiter = WaitForTopics(topics, timeout=120.0)
+        qos = launch_helpers.node_output_qos()
+        topics = [(f"{NS}/depth/relative", Image, qos), (f"{NS}/depth/camera_info", CameraInfo, qos),
+                  (f"{NS}/normals", Image, qos), (f"{NS}/points", PointCloud2, qos),
+                  (f"{NS}/d3_perception_node/info", PredictionInfo, qos)]
+        waiter = launch_helpers.TopicWaiter(topics)
         try:
-            self.assertTrue(waiter.wait(), f"expected messages on {topics}, received on {waiter.topics_received()}")
-            cloud = waiter.received_messages(f"{NS}/points")[0]
+            self.assertTrue(waiter.wait(120.0), f"no message on {waiter.missing()}")
+            cloud = waiter.received[f"{NS}/points"][0]
             self.assertEqual((cloud.height, cloud.width), (96, 128))
             self.assertEqual(cloud.header.frame_id, "camera_optical_frame")
         finally:

@@ -6,6 +6,7 @@ registries); skipped elsewhere with that reason. Run with ``launch_test test/lau
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import unittest
 from pathlib import Path
@@ -23,8 +24,15 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource  # n
 
 import launch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import launch_helpers  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
+ROS_ENV = launch_helpers.isolate()  # private domain, localhost, own log dir: before anything is launched
 _CKPT_DIR = tempfile.mkdtemp(prefix="d3_demo_launch_test_")
+# The camera publishes best-effort sensor-data QoS: subscribe with it (RELIABLE would never receive).
+CAMERA_TOPICS = ["/camera/image", "/camera/camera_info", "/camera/depth", "/camera/normals", "/camera/sparse_depth"]
+NODE_TOPICS = ["/d3/depth/relative", "/d3/normals"]
 
 
 @pytest.mark.launch_test
@@ -54,17 +62,17 @@ class TestDemoLaunch(unittest.TestCase):
         rclpy.shutdown()
 
     def test_ground_truth_and_predictions_arrive_with_equal_frames(self):
-        from launch_testing_ros import WaitForTopics
         from sensor_msgs.msg import CameraInfo, Image
 
-        topics = [("/camera/image", Image), ("/camera/camera_info", CameraInfo), ("/camera/depth", Image),
-                  ("/camera/normals", Image), ("/camera/sparse_depth", Image), ("/d3/depth/relative", Image),
-                  ("/d3/normals", Image)]
-        waiter = WaitForTopics(topics, timeout=180.0)
+        camera_qos, node_qos = launch_helpers.camera_qos(), launch_helpers.node_output_qos()
+        topics = [(t, CameraInfo if t.endswith("camera_info") else Image, camera_qos) for t in CAMERA_TOPICS]
+        topics += [(t, Image, node_qos) for t in NODE_TOPICS]
+        waiter = launch_helpers.TopicWaiter(topics)
         try:
-            self.assertTrue(waiter.wait(), f"expected messages on {topics}, received on {waiter.topics_received()}")
-            pred = waiter.received_messages("/d3/depth/relative")[0]
-            gt = waiter.received_messages("/camera/depth")[0]
+            self.assertTrue(waiter.wait(180.0), f"no message on {waiter.missing()} (domain "
+                                                f"{ROS_ENV['ROS_DOMAIN_ID']})")
+            pred = waiter.received["/d3/depth/relative"][0]
+            gt = waiter.received["/camera/depth"][0]
             self.assertEqual((pred.height, pred.width), (72, 96))
             self.assertEqual((gt.encoding, gt.height, gt.width), ("32FC1", 72, 96))
             self.assertEqual(pred.header.frame_id, "camera_color_optical_frame")

@@ -13,16 +13,22 @@ pytest.importorskip(
 pytest.importorskip("launch_ros", reason="launch_ros is not installed")
 
 import os  # noqa: E402
+import sys  # noqa: E402
 import unittest  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import launch_testing.actions  # noqa: E402
 import launch_testing.asserts  # noqa: E402
 from ament_index_python.packages import get_package_share_directory  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
-from launch_testing_ros import WaitForTopics  # noqa: E402
 from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 
 import launch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import launch_helpers  # noqa: E402
+
+ROS_ENV = launch_helpers.isolate(checkout_on_path=False)  # private domain, localhost, own log dir; installed code
 
 pytestmark = pytest.mark.launch
 
@@ -38,10 +44,26 @@ def generate_test_description():
 
 
 class TestOutputsAppear(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        import rclpy
+
+        rclpy.init()
+
+    @classmethod
+    def tearDownClass(cls):
+        import rclpy
+
+        rclpy.shutdown()
+
     def test_depth_and_cloud_published(self):
-        topics = [("/launch_test/depth/relative", Image), ("/launch_test/points", PointCloud2)]
-        with WaitForTopics(topics, timeout=120.0) as wait:
-            self.assertEqual(wait.topics_not_received(), set())
+        qos = launch_helpers.node_output_qos()
+        waiter = launch_helpers.TopicWaiter([("/launch_test/depth/relative", Image, qos),
+                                             ("/launch_test/points", PointCloud2, qos)])
+        try:
+            self.assertTrue(waiter.wait(120.0), f"no message on {waiter.missing()}")
+        finally:
+            waiter.shutdown()
 
 
 @launch_testing.post_shutdown_test()

@@ -76,11 +76,17 @@ def test_demo_runs_end_to_end(tmp_path):
     assert not [p for p in _child_pids(out) if _alive(p)]  # everything it started is gone
 
 
-def test_demo_ctrl_c_stops_everything(tmp_path):
+@pytest.mark.parametrize("inherited_sigint", ["default", "ignored"])
+def test_demo_ctrl_c_stops_everything(tmp_path, inherited_sigint):
+    """SIGINT stops the demo and both children, also when started as a shell's background job (SIGINT
+    inherited as ignored); the child's disposition is set here, whatever pytest's own is."""
+    from conftest import default_sigint, ignored_sigint
+
     out = tmp_path / "demo"
     proc = subprocess.Popen(
         [sys.executable, "-m", "d3_perception.ros.demo", "--duration", "60", "--size", "64x48", "--backend", "torch",
-         "--output", str(out)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+         "--output", str(out)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        preexec_fn=default_sigint if inherited_sigint == "default" else ignored_sigint)
     try:
         deadline = time.monotonic() + 60
         while not (out / "logs" / "commands.txt").exists() and time.monotonic() < deadline:

@@ -103,7 +103,7 @@ def test_camera_compressed_16uc1_sparse_and_prerendered_loop(rclpy_context, ros_
 
     topics = ("image/compressed", "depth", "sparse_depth")
     proc = _start_camera(ros_env, tmp_path, "image_format:=compressed", "sparse_encoding:=16UC1",
-                         "sparse_pattern:=random", "sparse_fraction:=0.05", "scene:=outdoor", "loop_frames:=3")
+                         "sparse_pattern:=random", "sparse_fraction:=0.05", "scene:=world", "loop_frames:=3")
     try:
         complete, _ = _collect(rclpy_context, topics, want_frames=5)
     finally:
@@ -129,5 +129,52 @@ def test_camera_refuses_bad_parameters_with_one_line(ros_env, tmp_path):
         [sys.executable, "-m", "d3_perception.ros.synthetic_camera", "--ros-args", "-p", "scene:=cave"],
         env=ros_env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "`scene` must be one of room, outdoor, mixed; got 'cave'" in proc.stderr
+    assert "`scene` must be one of room, outdoor, mixed, world, shift; got 'cave'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_help_prints_parameters_and_exits_0_without_starting_a_camera(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "d3_perception.ros.synthetic_camera", "--help"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: synthetic_camera") and "rate_hz" in proc.stdout and "--ros-args" in proc.stdout
+    assert "synthetic camera: scene=" not in proc.stdout + proc.stderr  # no node was started
+    bad = subprocess.run([sys.executable, "-m", "d3_perception.ros.synthetic_camera", "--rate", "5"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unrecognized arguments: --rate" in bad.stderr
+
+
+@pytest.mark.parametrize(("signals", "inherited_sigint"), [
+    (("SIGINT", "SIGINT"), "default"),  # launch sends one more SIGINT when it has no terminal
+    (("SIGINT", "SIGINT", "SIGTERM", "SIGINT"), "default"),
+    (("SIGTERM",), "default"),
+    (("SIGINT",), "ignored"),  # started as a shell's background job
+])
+def test_camera_shuts_down_cleanly_however_many_signals_arrive(ros_env, tmp_path, signals, inherited_sigint):
+    import signal
+
+    from conftest import default_sigint, ignored_sigint
+
+    cmd = [sys.executable, "-m", "d3_perception.ros.synthetic_camera", "--ros-args", "-p", "width:=64",
+           "-p", "height:=48"]
+    log_path = tmp_path / "camera.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=ros_env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                preexec_fn=default_sigint if inherited_sigint == "default" else ignored_sigint)
+    try:
+        deadline = time.monotonic() + 60
+        while "synthetic camera: scene=" not in log_path.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log_path.read_text()
+            time.sleep(0.1)
+        time.sleep(0.5)  # publishing
+        for name in signals:
+            proc.send_signal(getattr(signal, name))
+            time.sleep(0.02)  # "twice fast": the later signals land during the cleanup
+        rc = proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert rc == 0, f"exit {rc}: {text[-2000:]}"
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-2000:]

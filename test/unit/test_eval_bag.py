@@ -287,6 +287,9 @@ def test_missing_bag_and_missing_checkpoint(tmp_path, monkeypatch, capsys):
     rc, _, err = run_cli(monkeypatch, capsys, [str(tmp_path / "nope"), "--checkpoint", "x"], OracleBackend([]))
     _one_line_error(rc, err, "does not exist")
     make_bag(tmp_path / "bag", "mcap", n=2, normals=False)
+    from d3_perception import cli_args
+
+    monkeypatch.setattr(cli_args, "bundled_demo_checkpoint", lambda: None)  # else the demo model runs
     rc, _, err = run_cli(monkeypatch, capsys, [str(tmp_path / "bag")])
     _one_line_error(rc, err, "--checkpoint")
 

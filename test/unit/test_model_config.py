@@ -79,3 +79,36 @@ def test_config_is_frozen_and_does_not_alias_caller_dicts():
 def test_processing_resolution_check(bad):
     with pytest.raises(ValueError, match="`processing_resolution`"):
         check_processing_resolution(bad)
+
+
+def test_resize_policy_defaults_to_keep_aspect_for_configs_written_before_it(tmp_path):
+    data = ModelConfig.preset("tiny").to_dict()
+    del data["resize_policy"]  # a config.json from before the field existed (like models/d3_demo_tiny's)
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert ModelConfig.from_json(tmp_path).resize_policy == "keep_aspect"
+    squash = ModelConfig.preset("tiny", resize_policy="squash")
+    squash.to_json(tmp_path / "config.json")
+    assert ModelConfig.from_json(tmp_path).resize_policy == "squash"
+    with pytest.raises(ValueError, match=r"`resize_policy` must be one of \('keep_aspect', 'squash'\); got 'crop'"):
+        ModelConfig.preset("tiny", resize_policy="crop")
+
+
+def test_squash_processing_resizes_any_frame_to_the_square_and_back():
+    import numpy as np
+
+    from d3_perception.model.processing import apply_heads, postprocess, preprocess
+
+    frames = (np.random.default_rng(0).random((2, 40, 100, 3)) * 255).astype(np.uint8)
+    x, geo = preprocess(frames, 64, resize_policy="squash")
+    assert x.shape == (2, 3, 64, 64) and geo.resize_policy == "squash" and geo.padded_hw == (64, 64)
+    keep, keep_geo = preprocess(frames, 64)
+    assert keep.shape == (2, 3, 64, 64) and keep_geo.resized_hw == (26, 64)  # aspect kept, bottom padded
+    raw = np.full((2, 3, 64, 64), 1.5, np.float32)  # unclamped decode above 1
+    raw[:, 0] = -0.5
+    out = postprocess({"depth": raw, "normals": raw}, geo)
+    assert out["depth"].shape == (2, 40, 100) and out["normals"].shape == (2, 3, 40, 100)
+    # clamp after the resize, then the channel mean: (-0.5 + 1 + 1) / 3 -> [0,1]
+    np.testing.assert_allclose(out["depth"], ((-0.5 + 1 + 1) / 3 + 1) / 2, rtol=1e-6)  # 0.75
+    np.testing.assert_allclose(np.linalg.norm(out["normals"], axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="raw decoded maps"):
+        apply_heads("depth", raw[:, :1])

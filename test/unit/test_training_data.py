@@ -107,6 +107,20 @@ def test_synthetic_has_exact_labels():
     assert np.allclose(norms, 1, atol=1e-4)
 
 
+def test_synthetic_world_recipe_trains_and_the_shift_family_is_refused():
+    ds = build_dataset(DatasetSpec(kind="synthetic", num_samples=8, scene_kind="world"), (32, 32))
+    samples = [ds[i] for i in range(8)]
+    for s in samples:  # exact labels where valid, zeros elsewhere
+        norms = np.linalg.norm(s["normals"], axis=0)
+        assert np.allclose(norms[s["valid_normals"]], 1, atol=1e-4) and not norms[~s["valid_normals"]].any()
+        assert (s["depth_m"][s["valid_depth"]] > 0).all() and not s["depth_m"][~s["valid_depth"]].any()
+    assert len({s["rgb"].tobytes() for s in samples}) == 8
+    with pytest.raises(DataError, match="`scene_kind` must not be 'shift'"):
+        build_dataset(DatasetSpec(kind="synthetic", scene_kind="shift"), (32, 32))
+    with pytest.raises(DataError, match="`scene_kind` must be one of"):
+        build_dataset(DatasetSpec(kind="synthetic", scene_kind="cave"), (32, 32))
+
+
 def test_mixture_follows_probabilities_recycles_and_seeks_exactly():
     sampler = MixtureSampler([3, 1000], [0.5, 0.5], seed=0)
     draws = sampler.take(2000)

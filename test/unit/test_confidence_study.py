@@ -1,0 +1,39 @@
+"""The confidence study's report: the generated section replaces only the text between its markers; bad
+arguments end with a one-line error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from d3_perception.evaluation import confidence_study
+from d3_perception.evaluation.confidence_report import MARK_BEGIN, MARK_END, write_plots, write_section
+
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results" / "confidence_study.json"
+
+
+@pytest.mark.skipif(not RESULTS.exists(), reason="no stored study results")
+def test_section_replaces_only_the_marked_text_and_plots_are_written(tmp_path):
+    results = json.loads(RESULTS.read_text())
+    doc = tmp_path / "confidence.md"
+    doc.write_text(f"# hand-written\n\nplan text\n\n{MARK_BEGIN}\nold numbers\n{MARK_END}\n\ntail text\n")
+    write_section(results, doc, tmp_path / "img", tmp_path / "r.json")
+    text = doc.read_text()
+    assert text.startswith("# hand-written\n\nplan text\n\n" + MARK_BEGIN)
+    assert text.endswith(MARK_END + "\n\ntail text\n")
+    assert "old numbers" not in text and text.count(MARK_BEGIN) == 1
+    assert "| combined |" in text and f"`min_confidence` = {results['min_confidence']}" in text
+    (tmp_path / "img").mkdir()
+    names = write_plots(results, tmp_path / "img")
+    assert all((tmp_path / "img" / n).stat().st_size > 1000 for n in names)
+
+
+def test_bad_arguments_end_with_one_line_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        confidence_study.main(["--frames", "0"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("python -m d3_perception.evaluation.confidence_study: error:")
+    assert confidence_study.main(["--checkpoint", "/nonexistent/ckpt"]) == 2
