@@ -29,8 +29,9 @@ __all__ = [
 ]
 
 
-def cloud_dtype(rgb: bool = True, normals: bool = True) -> np.dtype:
-    """Structured dtype of a cloud point: x,y,z [+ rgb] [+ normal_x,y,z], float32, 16-byte aligned step."""
+def cloud_dtype(rgb: bool = True, normals: bool = True, confidence: bool = False) -> np.dtype:
+    """Structured dtype of a cloud point: x,y,z [+ rgb] [+ normal_x,y,z] [+ confidence], float32, 16-byte
+    aligned step (confidence at offset 28 after the normals, else at 16)."""
     names, offsets = ["x", "y", "z"], [0, 4, 8]
     if rgb:
         names.append("rgb")
@@ -38,7 +39,10 @@ def cloud_dtype(rgb: bool = True, normals: bool = True) -> np.dtype:
     if normals:
         names += ["normal_x", "normal_y", "normal_z"]
         offsets += [16, 20, 24]
-    itemsize = 32 if normals else 16  # padded like PCL's aligned point types
+    if confidence:
+        names.append("confidence")
+        offsets.append(28 if normals else 16)
+    itemsize = 32 if normals or confidence else 16  # padded like PCL's aligned point types
     return np.dtype({"names": names, "formats": ["<f4"] * len(names), "offsets": offsets, "itemsize": itemsize})
 
 

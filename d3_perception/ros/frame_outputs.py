@@ -22,6 +22,7 @@ from d3_perception.geometry.normals import interleave, normals_from_depth, to_op
 from d3_perception.geometry.pointcloud import cloud_dtype, fill_cloud
 from d3_perception.parallel import RowWorkers, scratch
 from d3_perception.ros import conversions as conv
+from d3_perception.ros.frame_quality import FrameQuality, QualitySample
 from d3_perception.ros.params import NodeConfig
 
 __all__ = ["FrameOutputs", "SideOutputs", "colorize", "compute_outputs", "needs_normals", "normals_vis",
@@ -125,19 +126,27 @@ def range_depth(relative: np.ndarray, cfg: NodeConfig) -> np.ndarray:
     return relative * np.float32(cfg.metric.far_m - cfg.metric.near_m) + np.float32(cfg.metric.near_m)
 
 
-def fill_points(cfg: NodeConfig, pool: conv.BufferPool, rgb, relative, depth_m, normals, K, out_hw,
-                workers: RowWorkers | None):
-    """The organized cloud, filled into the ``points`` message buffer: (cloud, buffer, is_dense)."""
-    geo_depth = depth_m if depth_m is not None else range_depth(relative, cfg)
+def fill_points(cfg: NodeConfig, pool: conv.BufferPool, rgb, geo_depth, normals, K, out_hw,
+                workers: RowWorkers | None, confidence: np.ndarray | None = None):
+    """The organized cloud of ``geo_depth`` (``[H,W]`` metres, NaN = no point), filled into the ``points``
+    message buffer: (cloud, buffer, is_dense). ``confidence``: ``[H,W]`` map for the ``confidence`` field."""
     with_normals = cfg.cloud_normals and normals is not None
-    dtype = cloud_dtype(cfg.cloud_rgb, with_normals)
+    dtype = cloud_dtype(cfg.cloud_rgb, with_normals, confidence=confidence is not None)
     s = cfg.cloud_stride
     shape = (-(-out_hw[0] // s), -(-out_hw[1] // s), dtype.itemsize // 4)
     buf, block = pool.float32_block("points", shape)
-    cloud, dense = fill_cloud(geo_depth, K, rgb if cfg.cloud_rgb else None, normals if with_normals else None,
-                              stride=s, min_range_m=cfg.cloud_min_range_m, max_range_m=cfg.cloud_max_range_m,
-                              out=block, workers=workers)
-    return cloud, buf, dense
+    # fill_cloud writes its own layout; with normals the confidence takes its padding slot (offset 28), without
+    # them the 16-byte points are filled aside and widened to 32 bytes (one copy, only with this option)
+    inner = block if confidence is None or with_normals else scratch.get("points.inner", (*shape[:2], 4))
+    _, dense = fill_cloud(geo_depth, K, rgb if cfg.cloud_rgb else None, normals if with_normals else None,
+                          stride=s, min_range_m=cfg.cloud_min_range_m, max_range_m=cfg.cloud_max_range_m,
+                          out=inner, workers=workers)
+    if confidence is not None:
+        if inner is not block:
+            block[..., :4] = inner
+            block[..., 5:] = 0.0  # padding: never ship uninitialised memory
+        block[..., dtype.fields["confidence"][1] // 4] = confidence[::s, ::s]
+    return block.view(dtype).reshape(shape[:2]), buf, dense
 
 
 @dataclass
@@ -145,9 +154,12 @@ class FrameOutputs:
     """What :func:`compute_outputs` made; arrays are views into the pool's message buffers."""
 
     images: dict[str, np.ndarray]  # "colored", "normals", "normals_colored" when wanted
-    depth_m: np.ndarray | None  # metric depth [H,W], None without a metric alignment
+    depth_m: np.ndarray | None  # metric depth [H,W], None without a metric alignment (gated: NaN below
+    # min_confidence)
     align: AlignmentResult
     cloud: tuple | None  # (points, message buffer, is_dense), None when not wanted or without K
+    confidence: np.ndarray | None = None  # [H,W] float32 in [0,1], None without depth from the model
+    quality: QualitySample = QualitySample()
 
 
 _NO_ALIGNMENT = AlignmentResult(math.nan, math.nan, math.nan, 0, "off")
@@ -156,14 +168,16 @@ _NO_ALIGNMENT = AlignmentResult(math.nan, math.nan, math.nan, 0, "off")
 def compute_outputs(cfg: NodeConfig, want: dict[str, bool], rgb: np.ndarray, relative: np.ndarray | None,
                     model_normals: np.ndarray | None, K: np.ndarray | None, out_hw: tuple[int, int],
                     pool: conv.BufferPool, workers: RowWorkers, align: Callable[[np.ndarray], AlignmentResult], *,
-                    convention: str, renormalise: bool, mark: Callable[[], None] | None = None) -> FrameOutputs:
+                    convention: str, renormalise: bool, mark: Callable[[], None] | None = None,
+                    quality: FrameQuality | None = None) -> FrameOutputs:
     """Everything the node publishes after the model, for one frame.
 
     relative: ``[H,W]`` model depth in [0,1] (None for a normals-only checkpoint); model_normals: ``[3,H,W]``
     in ``convention`` (None: normals from depth when wanted); align: ``relative`` -> its metric alignment,
     called on this thread (the node: sparse reference lookup + its aligner); renormalise: the backend does
-    not promise unit normals. mark: called at the end of the stages side_jobs, metric_fit, side_wait and
-    cloud (the benchmark's stage timer).
+    not promise unit normals. mark: called at the end of the stages side_jobs, metric_fit, side_wait,
+    confidence and cloud (the benchmark's stage timer). quality: the camera's :class:`FrameQuality`
+    (stabiliser, confidence, gating by ``min_confidence``); None = none of these (the outputs as before #16).
     """
     tick = mark or (lambda: None)
     fit = relative is not None and cfg.metric.mode == "sparse_depth"
@@ -184,34 +198,50 @@ def compute_outputs(cfg: NodeConfig, want: dict[str, bool], rgb: np.ndarray, rel
         depth_m = None
         if alignment.is_metric and relative is not None:
             depth_m = MetricAligner.apply(relative, alignment, out=pool.view("depth", out_hw, np.float32)[1])
+            if quality is not None:
+                quality.stabilise(depth_m, rgb, cfg)  # before the confidence: it rates the published depth
         if colored_here:
             side.colored()
         tick()  # metric_fit
 
         normals = None  # three [H,W] planes nx, ny, nz (optical frame, unit, facing the camera)
+        cue_normals = None  # the model's normals: the confidence compares them with the depth's
         images_job = None  # normals images, when not made with the model normals above
         if normals_job is not None:
-            normals = workers.result(normals_job)
+            normals = cue_normals = workers.result(normals_job)
         elif model_normals is not None:  # no fit to overlap with: all threads share the rows
-            normals = side.normals(model_normals, convention, K, workers=workers, images=False,
-                                   normalise=renormalise)
+            normals = cue_normals = side.normals(model_normals, convention, K, workers=workers, images=False,
+                                                 normalise=renormalise)
             images_job = submit(functools.partial(side.normals_images, normals))
         elif needs_normals(want, cfg) and relative is not None:
             geo_depth = depth_m if depth_m is not None else range_depth(relative, cfg)
             n = normals_from_depth(geo_depth, K if K is not None else intrinsics_from_fov(out_hw, FALLBACK_HFOV_DEG))
             normals = (n[:, :, 0], n[:, :, 1], n[:, :, 2])
-            images_job = submit(functools.partial(side.normals_images, normals))
+            images_job = submit(functools.partial(side.normals_images, normals))  # from the depth: no cue
         tick()  # side_wait
 
+        cloud_wanted = want["points"] and K is not None and relative is not None
+        geo_depth = depth_m  # the cloud's geometry: metric depth, else the depth_range proxy
+        if relative is not None and geo_depth is None and (cloud_wanted or quality is not None):
+            geo_depth = range_depth(relative, cfg)
+        confidence, sample = None, QualitySample()
+        if quality is not None and relative is not None:
+            buf = pool.view("confidence", out_hw, np.float32)[1] if want.get("confidence") else None
+            confidence = quality.confidence(geo_depth, K, cue_normals, out=buf)
+            quality.gate(geo_depth, confidence, cfg.min_confidence)  # depth_m (the depth message) or the proxy
+            sample = quality.finish(cfg, alignment, depth_m)
+        tick()  # confidence
+
         cloud = None
-        if want["points"] and K is not None and relative is not None:
-            cloud = fill_points(cfg, pool, rgb, relative, depth_m, normals, K, out_hw, workers)
+        if cloud_wanted:
+            cloud = fill_points(cfg, pool, rgb, geo_depth, normals, K, out_hw, workers,
+                                confidence if cfg.cloud_confidence and confidence is not None else None)
         if colored_job is not None:
             workers.result(colored_job)
         if images_job is not None:
             workers.result(images_job)
         tick()  # cloud
-    return FrameOutputs(side.images, depth_m, alignment, cloud)
+    return FrameOutputs(side.images, depth_m, alignment, cloud, confidence, sample)
 
 
 def output_messages(want: dict[str, bool], outputs: FrameOutputs, relative: np.ndarray | None, K, out_hw, header,
@@ -223,6 +253,8 @@ def output_messages(want: dict[str, bool], outputs: FrameOutputs, relative: np.n
         msgs["relative"] = conv.numpy_to_msg(relative, "32FC1", header, pool, "relative")
     if want["depth"] and outputs.depth_m is not None:
         msgs["depth"] = conv.numpy_to_msg(outputs.depth_m, "32FC1", header, pool, "depth")
+    if want.get("confidence") and outputs.confidence is not None:
+        msgs["confidence"] = conv.numpy_to_msg(outputs.confidence, "32FC1", header, pool, "confidence")
     if want["camera_info"] and K is not None:
         msgs["camera_info"] = conv.scaled_camera_info(camera_info, K, out_hw, header)
     for name, encoding in (("colored", "bgr8"), ("normals", "32FC3"), ("normals_colored", "rgb8")):

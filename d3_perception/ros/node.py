@@ -46,7 +46,8 @@ __all__ = ["D3PerceptionNode", "main"]
 _OUTPUT_TOPICS = {"depth": (Image, "depth"), "relative": (Image, "depth/relative"),
                   "camera_info": (CameraInfo, "depth/camera_info"), "colored": (Image, "depth/colored"),
                   "normals": (Image, "normals"), "normals_colored": (Image, "normals/colored"),
-                  "points": (PointCloud2, "points"), "info": (PredictionInfo, "~/info")}
+                  "points": (PointCloud2, "points"), "info": (PredictionInfo, "~/info"),
+                  "confidence": (Image, "depth/confidence")}
 
 
 class D3PerceptionNode(NodeParameters, LifecycleNode):

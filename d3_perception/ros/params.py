@@ -13,6 +13,8 @@ from typing import Any
 
 from d3_perception.backends import BACKENDS, PLUGIN_PREFIX
 from d3_perception.geometry.alignment import METRIC_MODES, MetricConfig
+from d3_perception.geometry.confidence import COMBINE_RULES, CONFIDENCE_SOURCES, ConfidenceConfig
+from d3_perception.geometry.temporal import StabilizerConfig
 
 __all__ = ["COLORMAPS", "PARAMETERS", "PER_CAMERA", "SPECS", "CameraOverrides", "NodeConfig", "ParamSpec",
            "check_value", "config_from_values", "config_keeping_good_values", "resolve_checkpoint"]
@@ -116,6 +118,46 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               min=0, max=10**8),
     ParamSpec("metric.sync_tolerance_s", 0.1, "sparse_depth: max |stamp difference| image vs reference",
               min=0.0, max=10.0),
+    # confidence and gating (docs/confidence.md: the defaults are the measured ones)
+    ParamSpec("publish_confidence", True, "publish depth/confidence (32FC1 in [0,1], 1 = trust; same size, stamp "
+              "and frame as depth)"),
+    ParamSpec("min_confidence", 0.035, "pixels with a lower confidence are NaN in depth and left out of points; "
+              "0 = no gating (0.035: the largest threshold keeping >= 85 % of the points on the tuning scenes)",
+              min=0.0, max=1.0),
+    ParamSpec("cloud_confidence", False, "add a float32 `confidence` field to points"),
+    ParamSpec("confidence.sources", list(CONFIDENCE_SOURCES), "cues combined into the confidence: edges (depth "
+              "discontinuities), normals (model normals vs normals of the depth; only when the normals are "
+              "computed anyway), sparse (residual to the sparse_depth reference)"),
+    ParamSpec("confidence.edge_scale", 0.1, "relative depth step over 2 px at which the edge cue is 0.5",
+              min=1e-6, max=100.0),
+    ParamSpec("confidence.normal_scale", 0.005, "1 - cos(angle) at which the normal cue is 0.5", min=1e-6, max=2.0),
+    ParamSpec("confidence.residual_scale", 0.005, "local relative residual to the sparse reference at which the "
+              "sparse cue is 0.5", min=1e-6, max=100.0),
+    ParamSpec("confidence.sparse_weight", 8.0, "weight of the sparse cue in the geometric mean (others 1)",
+              min=1e-3, max=1000.0),
+    ParamSpec("confidence.combine", "geomean", "geomean (weighted geometric mean) | min of the cues",
+              choices=COMBINE_RULES),
+    ParamSpec("confidence.grid_long_side", 160, "the cues are computed on a grid of at most this long side and "
+              "resized to the frame", min=16, max=8192),
+    # temporal stabiliser (metric depth)
+    ParamSpec("temporal.blend", 0.0, "weight of the previous depth where image and depth are still "
+              "(exponential average; 0 = off; 0.7 halves the flicker of a still camera, docs/confidence.md)",
+              min=0.0, max=0.99),
+    ParamSpec("temporal.image_threshold", 6.0, "grey-level change above which a pixel counts as moving",
+              min=1e-3, max=255.0),
+    ParamSpec("temporal.max_depth_change", 0.1, "relative depth change above which a pixel is not blended",
+              min=1e-6, max=100.0),
+    ParamSpec("temporal.max_moving_share", 0.05, "share of moving pixels above which the whole frame passes "
+              "through (camera motion)", min=0.0, max=1.0),
+    # self-check alarms (/diagnostics WARN; 0 = off)
+    ParamSpec("alarm.max_residual_rel", 0.05, "WARN when the sparse fit's residual / median metric depth exceeds "
+              "this", min=0.0, max=100.0),
+    ParamSpec("alarm.max_scale_change", 0.1, "WARN when the applied metric scale changes by more than this "
+              "fraction between frames", min=0.0, max=100.0),
+    ParamSpec("alarm.max_low_confidence_share", 0.3, "WARN when more than this share of the valid pixels is "
+              "below min_confidence", min=0.0, max=1.0),
+    ParamSpec("alarm.max_flicker", 0.02, "WARN when the still-pixel flicker (mean |d_t - d_t-1| / d_t, 10 frames) "
+              "exceeds this; > 0 runs the stabiliser's estimate (metric modes only)", min=0.0, max=100.0),
     # diagnostics
     ParamSpec("diagnostics_period_s", 1.0, "/diagnostics publishing period", read_only=True, min=0.05, max=60.0),
     ParamSpec("stale_timeout_s", 2.0, "no input for this long -> STALE", min=0.05, max=3600.0),
@@ -184,6 +226,15 @@ class NodeConfig:
     cloud_normals: bool
     metric: MetricConfig
     metric_sync_tolerance_s: float
+    publish_confidence: bool
+    min_confidence: float
+    cloud_confidence: bool
+    confidence: ConfidenceConfig
+    temporal: StabilizerConfig
+    alarm_max_residual_rel: float
+    alarm_max_scale_change: float
+    alarm_max_low_confidence_share: float
+    alarm_max_flicker: float
     diagnostics_period_s: float
     stale_timeout_s: float
     warn_throttle_s: float
@@ -234,6 +285,20 @@ class NodeConfig:
                             "metric.far_m": m.far_m, "metric.min_points": m.min_points,
                             "metric.smoothing": m.smoothing, "metric.max_residual_m": m.max_residual_m,
                             "metric.hold_frames": m.hold_frames})
+            elif f.name == "confidence":
+                c = self.confidence
+                out.update({"confidence.sources": list(c.sources), "confidence.edge_scale": c.edge_scale,
+                            "confidence.normal_scale": c.normal_scale,
+                            "confidence.residual_scale": c.residual_scale,
+                            "confidence.sparse_weight": c.sparse_weight, "confidence.combine": c.combine,
+                            "confidence.grid_long_side": c.grid_long_side})
+            elif f.name == "temporal":
+                t = self.temporal
+                out.update({"temporal.blend": t.blend, "temporal.image_threshold": t.image_threshold,
+                            "temporal.max_depth_change": t.max_depth_change,
+                            "temporal.max_moving_share": t.max_moving_share})
+            elif f.name.startswith("alarm_"):
+                out["alarm." + f.name.removeprefix("alarm_")] = getattr(self, f.name)
             elif f.name == "metric_sync_tolerance_s":
                 out["metric.sync_tolerance_s"] = self.metric_sync_tolerance_s
             elif f.name in ("fallback_backends", "cameras"):
@@ -256,8 +321,23 @@ def config_from_values(values: dict[str, Any]) -> NodeConfig:
         near_m=float(v["metric.near_m"]), far_m=float(v["metric.far_m"]), min_points=int(v["metric.min_points"]),
         smoothing=float(v["metric.smoothing"]), max_residual_m=float(v["metric.max_residual_m"]),
         hold_frames=int(v["metric.hold_frames"]))
+    try:
+        confidence = ConfidenceConfig(
+            sources=tuple(str(s) for s in v["confidence.sources"]), edge_scale=float(v["confidence.edge_scale"]),
+            normal_scale=float(v["confidence.normal_scale"]), residual_scale=float(v["confidence.residual_scale"]),
+            sparse_weight=float(v["confidence.sparse_weight"]), combine=v["confidence.combine"],
+            grid_long_side=int(v["confidence.grid_long_side"]))
+    except ValueError as exc:
+        raise ValueError(f"`confidence.*`: {exc}") from None
+    temporal = StabilizerConfig(
+        blend=float(v["temporal.blend"]), image_threshold=float(v["temporal.image_threshold"]),
+        max_depth_change=float(v["temporal.max_depth_change"]), max_moving_share=float(v["temporal.max_moving_share"]))
+    alarms = {f"alarm_{n}": float(v[f"alarm.{n}"])
+              for n in ("max_residual_rel", "max_scale_change", "max_low_confidence_share", "max_flicker")}
     kwargs = {f.name: v[f.name] for f in fields(NodeConfig)
-              if f.name not in ("metric", "metric_sync_tolerance_s", "fallback_backends", "cameras")}
+              if f.name not in ("metric", "metric_sync_tolerance_s", "fallback_backends", "cameras", "confidence",
+                                "temporal") and not f.name.startswith("alarm_")}
+    kwargs["min_confidence"] = float(kwargs["min_confidence"])
     for name in ("output_scale", "cloud_min_range_m", "cloud_max_range_m", "max_stamp_age_s",
                  "camera_info_timeout_s", "fresh_frame_max_age_ratio", "diagnostics_period_s", "stale_timeout_s",
                  "warn_throttle_s", "camera_sync_wait_s"):
@@ -265,7 +345,8 @@ def config_from_values(values: dict[str, Any]) -> NodeConfig:
     fallback = tuple(str(b) for b in v["fallback_backends"] if str(b))
     cameras = tuple(str(c) for c in v["cameras"] if str(c))
     return NodeConfig(metric=metric, metric_sync_tolerance_s=float(v["metric.sync_tolerance_s"]),
-                      fallback_backends=fallback, cameras=cameras, **kwargs)
+                      fallback_backends=fallback, cameras=cameras, confidence=confidence, temporal=temporal,
+                      **alarms, **kwargs)
 
 
 
@@ -312,7 +393,7 @@ def resolve_checkpoint(path: str, backend: str) -> str:
 # are the node's (one model, one worker) and shared by every camera.
 PER_CAMERA = ("metric.mode", "metric.fixed_scale", "metric.fixed_shift", "metric.near_m", "metric.far_m",
               "publish_depth", "publish_relative", "publish_camera_info", "publish_colored", "publish_normals",
-              "publish_points", "publish_info")
+              "publish_points", "publish_info", "publish_confidence", "min_confidence", "temporal.blend")
 
 
 class CameraOverrides:

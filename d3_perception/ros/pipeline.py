@@ -31,6 +31,7 @@ from d3_perception.model.processing import MIN_SIDE_PX, plan_geometry
 from d3_perception.parallel import RowWorkers
 from d3_perception.ros import conversions as conv
 from d3_perception.ros.frame_outputs import FrameOutputs, compute_outputs, needs_normals, output_messages
+from d3_perception.ros.frame_quality import FrameQuality
 from d3_perception.ros.frame_slot import FrameSlot
 from d3_perception.ros.params import NodeConfig
 from d3_perception.ros.pipeline_stats import PipelineStats, WarnThrottle
@@ -39,7 +40,8 @@ from d3_perception.ros.sparse_reference import SparseReference, stamp_s
 __all__ = ["OUTPUTS", "CameraPipeline", "Frame", "FrameResult", "Prepared", "wanted_outputs"]
 
 FRESH_WAIT_PERIODS = 1.5  # wait_for_fresh_frame: a stale frame is held at most this many periods old
-OUTPUTS = ("depth", "relative", "camera_info", "colored", "normals", "normals_colored", "points", "info")
+OUTPUTS = ("depth", "relative", "camera_info", "colored", "normals", "normals_colored", "points", "info",
+           "confidence")
 
 
 @dataclass
@@ -99,7 +101,7 @@ def wanted_outputs(cfg: NodeConfig, subscribers: dict[str, int]) -> dict[str, bo
     enabled = {"depth": cfg.publish_depth and metric, "relative": cfg.publish_relative,
                "camera_info": cfg.publish_camera_info, "colored": cfg.publish_colored,
                "normals": cfg.publish_normals, "normals_colored": cfg.publish_normals,
-               "points": cfg.publish_points, "info": cfg.publish_info}
+               "points": cfg.publish_points, "info": cfg.publish_info, "confidence": cfg.publish_confidence}
     return {k: bool(on and k in subscribers and (not cfg.lazy_outputs or subscribers[k] > 0))
             for k, on in enabled.items()}
 
@@ -130,8 +132,10 @@ class CameraPipeline:
         self._info_size_reported = None
         self.sparse = SparseReference()
         self._last_stamp_s: float | None = None
+        self._reset_quality = False
         self._buffers = conv.BufferPool()
         self.workers: RowWorkers | None = None  # the worker thread's helpers (postprocess_threads)
+        self.quality = FrameQuality(cfg)  # confidence, gating, stabiliser (worker thread)
 
     # ------------------------------------------------------------------ configuration, reporting
     def set_config(self, cfg: NodeConfig) -> None:
@@ -160,6 +164,7 @@ class CameraPipeline:
         self.sparse.clear()
         with self._aligner_lock:
             self._aligner.reset()
+        self._reset_quality = True  # the worker resets the stabiliser at its next frame (it owns that state)
 
     # ------------------------------------------------------------------ input (subscription threads)
     def _check_header(self, msg, now_s: float) -> tuple[bool, bool]:
@@ -276,6 +281,7 @@ class CameraPipeline:
                                                  cfg.metric_sync_tolerance_s, cfg.max_input_pixels)
             if problem is not None:
                 self.bad(problem.kind, problem.reason)
+        self.quality.reference = sparse  # the confidence's sparse cue compares with the same reference
         with self._aligner_lock:
             if frame.reset_alignment:
                 self._aligner.reset()
@@ -366,12 +372,16 @@ class CameraPipeline:
             self.bad("camera_info_missing", "no valid, recent camera_info: points and depth/camera_info skipped")
         model_n = np.asarray(out["normals"][0]) if "normals" in prep.tasks else None
         active = prep.active
+        if self._reset_quality or frame.reset_alignment:  # lifecycle cleanup, or the stream jumped back
+            self._reset_quality = False
+            self.quality.reset()
+        self.quality.begin(cfg, out_hw)
         # worker thread only: outputs are computed straight into the message buffers of self._buffers
         outputs = compute_outputs(cfg, want, prep.rgb, relative, model_n, K, out_hw, self._buffers,
                                   self._row_workers(cfg.postprocess_threads),
                                   functools.partial(self._align, frame, out_hw),
                                   convention=active.normals_convention, renormalise=active.renormalise,
-                                  mark=mark)
+                                  mark=mark, quality=self.quality)
         header = frame.msg.header
         info = self._info
         # the messages wrap the pool's buffers, reusable once publish() has serialized them

@@ -78,6 +78,7 @@ class Client:
         "depth/camera_info": "sensor_msgs/CameraInfo", "depth/colored": "sensor_msgs/Image",
         "normals": "sensor_msgs/Image", "normals/colored": "sensor_msgs/Image",
         "points": "sensor_msgs/PointCloud2", "d3_perception_node/info": "d3_perception/PredictionInfo",
+        "depth/confidence": "sensor_msgs/Image",
     }
     CAMERA_OUTPUTS = {"info": "d3_perception/PredictionInfo"}  # a camera's info with the `cameras` parameter
 

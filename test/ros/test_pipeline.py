@@ -47,7 +47,7 @@ def test_outputs_carry_the_input_stamp_frame_and_size():
     result = _step(pipe, chain, c.image_msg(rgb, "rgb8", 99.5, frame_id="cam_a"))
     try:
         assert set(result.messages) == {"depth", "relative", "camera_info", "colored", "normals",
-                                         "normals_colored", "points"}
+                                         "normals_colored", "points", "confidence"}
         for msg in result.messages.values():
             assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (99, 500_000_000)
             assert msg.header.frame_id == "cam_a" and (msg.height, msg.width) == (H, W)
@@ -105,4 +105,63 @@ def test_sparse_reference_is_matched_by_stamp_in_the_pipeline():
     assert align.scale == pytest.approx(3.0, rel=1e-3) and align.shift == pytest.approx(0.5, abs=1e-3)
     assert _step(pipe, chain, c.image_msg(rgb, "rgb8", 9.0)) is not None  # 2 s away: no fresh reference
     assert pipe.stats.snapshot().bad_input == {"sparse_depth_unsynced": 1, "camera_info_missing": 2}
+    pipe.close()
+
+
+def _step_at(pipe, chain, rgb, stamp):
+    c = _client()
+    pipe.on_camera_info(c.camera_info(H, W, stamp))
+    return _step(pipe, chain, c.image_msg(rgb, "rgb8", stamp))
+
+
+def _step_image(rel):
+    """An image whose fake model depth is ``rel`` (a step: two planes and a discontinuity between them)."""
+    return make_rgb(H, W, rel)
+
+
+def test_confidence_is_low_at_the_discontinuity_and_gating_removes_exactly_those_pixels():
+    rel = np.full((H, W), 0.2, np.float32)
+    rel[:, W // 2:] = 0.8  # a depth step: the flying pixels of back-projection
+    rgb = _step_image(rel)
+    params = {"metric.mode": "fixed", "metric.fixed_scale": 4.0, "metric.fixed_shift": 0.5,
+              "cloud_confidence": True}
+    pipe, chain, _ = _pipeline(**params, min_confidence=0.0)
+    ungated = _step_at(pipe, chain, rgb, 10.0)
+    conf = msg_to_numpy(ungated.messages["confidence"])
+    assert conf.dtype == np.float32 and conf.shape == (H, W)
+    edge = np.abs(np.arange(W) - W // 2 + 0.5) <= 0.5  # the two columns either side of the step
+    far = np.abs(np.arange(W) - W // 2) >= 4
+    assert conf[:, edge].max() < 0.05 and conf[:, far].min() > 0.9  # the step is trusted far less than planes
+    depth0 = msg_to_numpy(ungated.messages["depth"])
+    cloud0 = msg_to_cloud(ungated.messages["points"])
+    assert np.isfinite(depth0).all()
+    np.testing.assert_array_equal(cloud0["confidence"], conf)  # the cloud's field is the published map
+    pipe.close()
+
+    threshold = float(np.median(conf[:, edge]))  # some step pixels below, some above
+    pipe, chain, _ = _pipeline(**params, min_confidence=threshold)
+    gated = _step_at(pipe, chain, rgb, 10.0)
+    below = conf < np.float32(threshold)
+    assert 0 < below.sum() < below.size
+    depth = msg_to_numpy(gated.messages["depth"])
+    np.testing.assert_array_equal(np.isnan(depth), below)
+    np.testing.assert_array_equal(depth[~below], depth0[~below])
+    cloud = msg_to_cloud(gated.messages["points"])
+    np.testing.assert_array_equal(np.isnan(cloud["z"]), below)
+    np.testing.assert_array_equal(cloud["z"][~below], cloud0["z"][~below])
+    assert not gated.messages["points"].is_dense
+    pipe.close()
+
+
+def test_confidence_without_model_normals_or_metric_mode_still_gates_the_cloud():
+    rel = np.full((H, W), 0.2, np.float32)
+    rel[H // 2:] = 0.8
+    pipe, chain, _ = _pipeline(min_confidence=0.3, publish_normals=False, cloud_normals=False)
+    result = _step_at(pipe, chain, _step_image(rel), 11.0)
+    assert "depth" not in result.messages  # metric.mode none
+    conf = msg_to_numpy(result.messages["confidence"])
+    cloud = msg_to_cloud(result.messages["points"])
+    assert [f.name for f in result.messages["points"].fields] == ["x", "y", "z", "rgb"]
+    np.testing.assert_array_equal(np.isnan(cloud["z"]), conf < np.float32(0.3))
+    assert np.isnan(cloud["z"]).any() and np.isfinite(cloud["z"]).any()
     pipe.close()

@@ -1,0 +1,141 @@
+"""How far one camera's outputs can be trusted (issue #16), without rclpy: per-pixel confidence, gating, the
+temporal stabiliser and the numbers behind /info and the self-check alarms of /diagnostics.
+
+One :class:`FrameQuality` per camera (its estimator buffers, stabiliser state and previous scale are that
+stream's), called by :func:`~d3_perception.ros.frame_outputs.compute_outputs` on the worker thread.
+docs/confidence.md has the measurements behind the defaults.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from d3_perception.geometry.alignment import AlignmentResult
+from d3_perception.geometry.confidence import ConfidenceEstimator, gate_depth
+from d3_perception.geometry.temporal import TemporalStabilizer
+
+__all__ = ["FLICKER_FRAMES", "FrameQuality", "QualitySample", "quality_alarms", "worst"]
+
+FLICKER_FRAMES = 10  # the flicker alarm averages the still-pixel flicker of this many frames
+
+
+@dataclass(frozen=True)
+class QualitySample:
+    """One frame's trust numbers (NaN = not known for this frame)."""
+
+    mean_confidence: float = math.nan  # mean confidence over the valid pixels
+    low_confidence_share: float = math.nan  # share of the valid pixels below min_confidence
+    scale_change: float = math.nan  # |scale_t / scale_(t-1) - 1| of the applied metric scale
+    blended_share: float = math.nan  # share of the valid pixels blended by the stabiliser
+    flicker: float = math.nan  # still-pixel flicker, mean of the last FLICKER_FRAMES frames
+    residual_rel: float = math.nan  # sparse fit residual / median metric depth
+
+
+# the direction in which each number gets worse (for the worst value over several frames)
+_WORSE_LOW = {"mean_confidence", "blended_share"}
+
+
+def worst(a: QualitySample, b: QualitySample) -> QualitySample:
+    """Field by field the worse of two samples (NaN counts as unknown: the other value wins)."""
+    values = {}
+    for f in fields(QualitySample):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if math.isnan(x) or math.isnan(y):
+            values[f.name] = y if math.isnan(x) else x
+        else:
+            values[f.name] = min(x, y) if f.name in _WORSE_LOW else max(x, y)
+    return QualitySample(**values)
+
+
+def quality_alarms(sample: QualitySample, cfg) -> list[str]:
+    """The self-check alarms ``sample`` raises under ``cfg``'s ``alarm_*`` thresholds (0 = off), one line each
+    with the number; [] when all are clear."""
+    checks = (("alignment_residual_rel", sample.residual_rel, cfg.alarm_max_residual_rel, "sparse fit residual"),
+              ("scale_change", sample.scale_change, cfg.alarm_max_scale_change, "metric scale jump"),
+              ("low_confidence_share", sample.low_confidence_share, cfg.alarm_max_low_confidence_share,
+               "low-confidence share"),
+              ("flicker", sample.flicker, cfg.alarm_max_flicker, "flicker"))
+    return [f"{text} {key}={value:.4f} > {bound:g}" for key, value, bound, text in checks
+            if bound > 0 and math.isfinite(value) and value > bound]
+
+
+class FrameQuality:
+    """Per-camera state; the methods run on the worker thread, in the order :meth:`begin`, :meth:`stabilise`,
+    :meth:`confidence`, :meth:`gate`, :meth:`finish`. ``reference`` is the frame's sparse metric reference
+    (``[H,W]`` metres, NaN = none), set by the pipeline's alignment when it looked one up."""
+
+    def __init__(self, cfg) -> None:
+        self._estimator = ConfidenceEstimator(cfg.confidence)
+        self._stabilizer = TemporalStabilizer(cfg.temporal)
+        self._stream: tuple | None = None
+        self.reference: np.ndarray | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream (stabiliser state, previous scale, flicker history)."""
+        self._stabilizer.reset()
+        self._prev_scale = math.nan
+        self._flicker: deque[float] = deque(maxlen=FLICKER_FRAMES)
+        self._computed = False
+
+    def begin(self, cfg, out_hw: tuple[int, int]) -> None:
+        """Take ``cfg``'s settings (a parameter change applies at the next frame); a new size or metric mode
+        restarts the stream."""
+        if self._estimator.config != cfg.confidence:
+            self._estimator = ConfidenceEstimator(cfg.confidence)
+        self._stabilizer.config = cfg.temporal
+        stream = (tuple(out_hw), cfg.metric.mode)
+        if stream != self._stream:
+            self._stream = stream
+            self.reset()
+        self.reference = None
+        self._computed = False
+
+    def stabilise(self, depth_m: np.ndarray, rgb: np.ndarray, cfg) -> None:
+        """Blend ``depth_m`` ``[H,W]`` float32 metres in place with the previous frame where image and depth are
+        still (``temporal.blend`` > 0), and update the flicker estimate (``alarm.max_flicker`` > 0)."""
+        if cfg.temporal.blend <= 0 and cfg.alarm_max_flicker <= 0:
+            return
+        out = self._stabilizer.update(depth_m, rgb)
+        if cfg.temporal.blend > 0:
+            np.copyto(depth_m, out)
+        if math.isfinite(self._stabilizer.still_flicker):  # NaN while the camera moves: skipped
+            self._flicker.append(self._stabilizer.still_flicker)
+
+    def confidence(self, geo_depth: np.ndarray, K, model_normals, out: np.ndarray | None = None) -> np.ndarray:
+        """``[H,W]`` float32 confidence in [0, 1] of ``geo_depth`` (metres, or the depth_range proxy).
+        model_normals: the model's optical-frame normals (three planes) or None (no normals cue; also without
+        ``K``); the sparse cue uses :attr:`reference`. ``out``: the message buffer, else the estimator's."""
+        normals = model_normals if K is not None else None
+        conf = self._estimator.compute(geo_depth, K, normals, self.reference, out=out)
+        self._computed = True
+        return conf
+
+    @staticmethod
+    def gate(depth: np.ndarray, confidence: np.ndarray, min_confidence: float) -> None:
+        """NaN in ``depth`` (in place) where ``confidence < min_confidence``: gone from depth and the cloud."""
+        if min_confidence > 0:
+            gate_depth(depth, confidence, min_confidence, out=depth)
+
+    def finish(self, cfg, align: AlignmentResult, depth_m: np.ndarray | None) -> QualitySample:
+        """This frame's numbers (after :meth:`confidence`; ``depth_m`` the published metric depth or None)."""
+        mean, low = self._estimator.summary(cfg.min_confidence) if self._computed else (math.nan, math.nan)
+        scale = float(align.scale) if align.is_metric else math.nan
+        change = abs(scale / self._prev_scale - 1.0) if self._prev_scale > 0 and scale > 0 else math.nan
+        self._prev_scale = scale
+        residual_rel = math.nan
+        if depth_m is not None and math.isfinite(align.residual_m):
+            with np.errstate(invalid="ignore"):
+                sample = depth_m[::8, ::8]  # ~5000 pixels at 640x480: the median of the scene depth, cheaply
+                median = float(np.nanmedian(np.where(sample > 0, sample, np.nan))) if np.any(sample > 0) else 0.0
+            residual_rel = align.residual_m / median if median > 0 else math.nan
+        stab = cfg.temporal.blend > 0 and depth_m is not None
+        return QualitySample(
+            mean_confidence=mean, low_confidence_share=low, scale_change=change,
+            blended_share=self._stabilizer.blended_share if stab else math.nan,
+            flicker=float(np.mean(self._flicker)) if self._flicker else math.nan, residual_rel=residual_rel)
+
