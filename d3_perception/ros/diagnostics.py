@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from d3_perception.msg import PredictionInfo
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
+from d3_perception.ros.frame_quality import quality_alarms
 from d3_perception.ros.params import NodeConfig
 from d3_perception.ros.pipeline import FrameResult
 from d3_perception.ros.pipeline_stats import (  # re-exported: the statistics' public names
@@ -44,6 +45,9 @@ def prediction_info(result: FrameResult, latency_ms: float, metric_mode: str, fr
     info.alignment_points = int(align.points_used)
     info.alignment_residual_m = float(align.residual_m)
     info.frames_dropped = int(frames_dropped)
+    q = result.outputs.quality
+    info.mean_confidence, info.low_confidence_share = float(q.mean_confidence), float(q.low_confidence_share)
+    info.scale_change, info.blended_share = float(q.scale_change), float(q.blended_share)
     return info
 
 
@@ -68,9 +72,13 @@ def _level_and_message(state: NodeState, snap: Snapshot, cfg: NodeConfig) -> tup
             snap.seconds_since_input > cfg.stale_timeout_s:
         age = snap.seconds_since_input
         return STALE, "no input yet" if math.isinf(age) else f"no input for {age:.1f} s"
+    problems = []
     if snap.bad_input_recent:
-        return WARN, "bad input: " + ", ".join(f"{k} x{v}" for k, v in sorted(snap.bad_input_recent.items()))
-    return OK, "ok"
+        problems.append("bad input: " + ", ".join(f"{k} x{v}" for k, v in sorted(snap.bad_input_recent.items())))
+    alarms = quality_alarms(snap.quality, cfg)
+    if alarms:
+        problems.append("self-check: " + ", ".join(alarms))
+    return (WARN, "; ".join(problems)) if problems else (OK, "ok")
 
 
 def diagnostic_array(state: NodeState, snaps: dict[str, tuple[Snapshot, NodeConfig]] | Snapshot,
@@ -115,6 +123,17 @@ def _status(state: NodeState, label: str, snap: Snapshot, cfg: NodeConfig) -> Di
         "fresh_frame_timeouts": snap.fresh_frame_timeouts,
         "bad_input_total": sum(snap.bad_input.values()),
         "last_problem": snap.last_problem,
+        # the numbers of the self-check alarms (worst frame since the previous status) and their bounds
+        "mean_confidence": f"{snap.quality.mean_confidence:.4f}",
+        "low_confidence_share": f"{snap.quality.low_confidence_share:.4f}",
+        "scale_change": f"{snap.quality.scale_change:.4f}",
+        "flicker": f"{snap.quality.flicker:.4f}",
+        "alignment_residual_rel": f"{snap.quality.residual_rel:.4f}",
+        "blended_share": f"{snap.quality.blended_share:.4f}",
+        "alarm.max_residual_rel": cfg.alarm_max_residual_rel,
+        "alarm.max_scale_change": cfg.alarm_max_scale_change,
+        "alarm.max_low_confidence_share": cfg.alarm_max_low_confidence_share,
+        "alarm.max_flicker": cfg.alarm_max_flicker,
     }
     values.update({f"bad_input.{k}": v for k, v in sorted(snap.bad_input.items())})
     status.level = bytes([int(level)])  # `byte` field: an int would serialize as garbage

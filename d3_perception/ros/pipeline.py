@@ -400,4 +400,5 @@ class CameraPipeline:
         stamp = stamp_s(result.header.stamp)
         latency_ms = (now_s - stamp) * 1e3 if stamp > 0 else (time.perf_counter() - result.started) * 1e3
         self.stats.output(latency_ms, result.inference_ms)
+        self.stats.quality(result.outputs.quality)
         return latency_ms

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from d3_perception.ros.frame_quality import QualitySample, worst
+
 __all__ = ["BAD_INPUT_KINDS", "OK", "WARN", "ERROR", "STALE", "PipelineStats", "Snapshot", "WarnThrottle"]
 
 OK, WARN, ERROR, STALE = 0, 1, 2, 3  # diagnostic_msgs/DiagnosticStatus levels
@@ -84,6 +86,8 @@ class Snapshot:
     bad_input: dict[str, int]
     bad_input_recent: dict[str, int]  # since the previous snapshot
     last_problem: str
+    quality: QualitySample = QualitySample()  # the worst frame values since the previous snapshot (the latest
+    # frame's when none came since): what the self-check alarms judge
 
 
 class PipelineStats:
@@ -116,6 +120,8 @@ class PipelineStats:
         self.bad_input: Counter[str] = Counter()
         self._bad_reported: Counter[str] = Counter()
         self.last_problem = ""
+        self._quality_latest = QualitySample()
+        self._quality_worst: QualitySample | None = None  # since the previous snapshot
 
     def input(self, stamp_age_ms: float, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -169,6 +175,12 @@ class PipelineStats:
             self._latency_ms.append(latency_ms)
             self._inference_ms.append(inference_ms)
 
+    def quality(self, sample: QualitySample) -> None:
+        """One published frame's trust numbers (a short bad spell between two snapshots is not missed)."""
+        with self._lock:
+            self._quality_latest = sample
+            self._quality_worst = sample if self._quality_worst is None else worst(self._quality_worst, sample)
+
     def bad(self, kind: str, reason: str) -> None:
         with self._lock:
             self.bad_input[kind] += 1
@@ -188,6 +200,8 @@ class PipelineStats:
             inf = np.asarray(self._inference_ms) if self._inference_ms else np.full(1, np.nan)
             recent = {k: v - self._bad_reported[k] for k, v in self.bad_input.items() if v > self._bad_reported[k]}
             self._bad_reported = Counter(self.bad_input)
+            quality = self._quality_worst if self._quality_worst is not None else self._quality_latest
+            self._quality_worst = None
             return Snapshot(
                 frames_received=self.frames_received,
                 frames_processed=self.frames_processed,
@@ -206,4 +220,5 @@ class PipelineStats:
                 bad_input=dict(self.bad_input),
                 bad_input_recent=recent,
                 last_problem=self.last_problem,
+                quality=quality,
             )

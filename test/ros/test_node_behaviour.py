@@ -181,7 +181,10 @@ def test_sparse_depth_recovers_metric_scale_of_a_synthetic_scene(ros_env, rclpy_
     sparse[outliers & np.isfinite(sparse)] = 0.3
     proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:gt", "checkpoint": str(ckpt),
                                           "metric.mode": "sparse_depth", "metric.smoothing": 0.5,
-                                          "lazy_outputs": False, "qos_reliability": "reliable"})
+                                          "lazy_outputs": False, "qos_reliability": "reliable",
+                                          # the scale, not the gate: the sparse confidence cue is not robust
+                                          # to these 5 % outlier returns (docs/confidence.md, limits)
+                                          "min_confidence": 0.0})
     client = Client(rclpy_context, outputs=["depth", "d3_perception_node/info"], reliable_input=True)
     try:
         assert client.wait_for_subscribers(30.0) and client.wait_for_subscribers(10.0, client.pub_sparse)

@@ -103,6 +103,8 @@ def test_rgb8_frame_gives_every_output_with_input_header(ros_env, rclpy_context,
         assert pinfo.processing_width % 64 == 0 and pinfo.processing_width == 64
         assert pinfo.inference_ms >= 0 and pinfo.total_ms > 0
         assert np.isnan(pinfo.alignment_residual_m)
+        assert 0 < pinfo.mean_confidence <= 1 and 0 <= pinfo.low_confidence_share <= 1
+        assert np.isnan(pinfo.blended_share)  # temporal.blend 0: the stabiliser is off
         assert proc.poll() is None
     finally:
         client.close()
@@ -146,6 +148,47 @@ def test_compressed_input_and_range_clip_make_invalid_points_nan(ros_env, rclpy_
         assert (rng[~far] <= 3.0 + 1e-4).all()
         depth = msg_to_numpy(client.wait_stamp("depth", stamp, 5.0))
         np.testing.assert_allclose(depth, SCALE * rgb[..., 0].astype(np.float32) / 255 + SHIFT, rtol=1e-5)
+    finally:
+        client.close()
+        assert stop_node(proc) == 0
+
+
+def test_min_confidence_gates_exactly_the_low_confidence_pixels_in_depth_and_points(ros_env, rclpy_context,
+                                                                                    tmp_path, fake_checkpoint):
+    h, w, threshold = 120, 160, 0.5
+    proc = _fixed_mode_node(ros_env, tmp_path, fake_checkpoint, min_confidence=threshold, cloud_confidence=True)
+    client = Client(rclpy_context, outputs=["depth", "depth/confidence", "points"])
+    try:
+        assert client.wait_for_subscribers(30.0), "node never subscribed to image"
+        rel = np.full((h, w), 0.25, np.float32)
+        rel[:, w // 3:] = 0.75  # two fronto-parallel planes and a depth step between them
+        rel[h // 2:, 2 * w // 3:] = 0.4
+        rgb = make_rgb(h, w, rel)
+        stamp = 2000.5
+        cloud_msg = None
+        for _ in range(40):
+            client.pub_info.publish(client.camera_info(h, w, stamp, frame_id="cam_b"))
+            client.pub_image.publish(client.image_msg(rgb, "rgb8", stamp, frame_id="cam_b"))
+            cloud_msg = client.wait_stamp("points", stamp, 0.5)
+            if cloud_msg is not None:
+                break
+        assert cloud_msg is not None, "no points output"
+        conf_msg = client.wait_stamp("depth/confidence", stamp, 5.0)
+        depth_msg = client.wait_stamp("depth", stamp, 5.0)
+        assert conf_msg is not None and depth_msg is not None
+        for msg in (conf_msg, depth_msg, cloud_msg):
+            assert msg.header.frame_id == "cam_b"
+        assert conf_msg.encoding == "32FC1" and (conf_msg.height, conf_msg.width) == (h, w)
+        conf, depth, cloud = msg_to_numpy(conf_msg), msg_to_numpy(depth_msg), msg_to_cloud(cloud_msg)
+        below = conf < np.float32(threshold)
+        assert 0 < below.sum() < 0.2 * below.size  # the steps, not the planes
+        np.testing.assert_array_equal(np.isnan(depth), below)
+        expected = SCALE * (np.round(rel * 255) / 255).astype(np.float32) + SHIFT
+        np.testing.assert_allclose(depth[~below], expected[~below], rtol=1e-5)
+        np.testing.assert_array_equal(np.isnan(cloud["z"]), below)
+        np.testing.assert_array_equal(cloud["confidence"], conf)
+        assert not cloud_msg.is_dense
+        assert proc.poll() is None
     finally:
         client.close()
         assert stop_node(proc) == 0

@@ -25,6 +25,10 @@ FIELDS = dict(
     alignment_points=1234,
     alignment_residual_m=0.0625,
     frames_dropped=2**40 + 7,  # uint64: survives values above 32 bits
+    mean_confidence=0.75,
+    low_confidence_share=0.125,
+    scale_change=0.0625,
+    blended_share=0.5,
 )
 
 PUBLISHER = textwrap.dedent(
