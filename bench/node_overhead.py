@@ -64,9 +64,10 @@ def _inputs():
     return image_msg, relative, normals, sparse, K
 
 
-STAGES = ("decode", "model", "side_jobs", "metric_fit", "side_wait", "cloud", "packing")
+STAGES = ("decode", "model", "side_jobs", "metric_fit", "side_wait", "confidence", "cloud", "packing")
 WANT = {"depth": True, "relative": True, "camera_info": True, "colored": True, "normals": True,
-        "normals_colored": False, "points": True, "info": False}
+        "normals_colored": False, "points": True, "info": False, "confidence": True}
+NO_CONFIDENCE = "ours_without_confidence"  # the same pipeline without confidence, gating and stabiliser
 
 
 class _FixedModel:
@@ -90,10 +91,11 @@ class _FixedModel:
         pass
 
 
-def make_pipeline(threads: int, inputs):
+def make_pipeline(threads: int, inputs, confidence: bool = True):
     """A :class:`CameraPipeline` as the node builds it (its defaults, sparse_depth mode, ``threads`` helper
     threads) with the camera_info and sparse reference of ``inputs`` received, and a backend chain around
-    :class:`_FixedModel`."""
+    :class:`_FixedModel`. ``confidence`` False: without the issue-16 work (confidence map, gating, stabiliser,
+    the depth/confidence message), to time what it adds."""
     from sensor_msgs.msg import CameraInfo
 
     from d3_perception.backends.chain import BackendChain
@@ -109,6 +111,8 @@ def make_pipeline(threads: int, inputs):
     pipe.on_camera_info(info)
     pipe.on_sparse(numpy_to_msg(sparse, "32FC1", header))
     chain = BackendChain(_FixedModel(relative, normals), [], lambda name: None)
+    if not confidence:
+        pipe.quality = None
     return pipe, chain
 
 
@@ -120,7 +124,8 @@ def ours(image_msg, pipe, chain, timings):
     from d3_perception.ros.pipeline import Frame
 
     t = [time.perf_counter()]
-    result = pipe.process(Frame(image_msg, False, time.monotonic()), WANT, chain,
+    want = WANT if pipe.quality is not None else {**WANT, "confidence": False}
+    result = pipe.process(Frame(image_msg, False, time.monotonic()), want, chain,
                           mark=lambda: t.append(time.perf_counter()))
     if result is None:
         raise RuntimeError(f"the pipeline made no outputs: {pipe.stats.last_problem}")
@@ -201,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-threads", type=int, default=1,
                         help="also time this postprocess_threads, frames interleaved with --threads (default 1; "
                              "0 = off)")
+    parser.add_argument("--no-compare-confidence", action="store_true",
+                        help=f"do not time {NO_CONFIDENCE} (the pipeline without confidence, gating and stabiliser, "
+                             "frames interleaved) next to ours")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if args.frames < 1 or args.peer_frames < 1:
@@ -215,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         configs[f"ours_{args.compare_threads}_thread{'s' if args.compare_threads > 1 else ''}"] = args.compare_threads
     pipes = {name: make_pipeline(n, inputs) for name, n in configs.items()}
     first = {name: _payloads(ours(image_msg, *pipes[name], {})) for name in configs}
-    for name, payloads in first.items():
+    if not args.no_compare_confidence:
+        configs[NO_CONFIDENCE] = args.threads
+        pipes[NO_CONFIDENCE] = make_pipeline(args.threads, inputs, confidence=False)
+    for name, payloads in first.items():  # (not NO_CONFIDENCE: its depth and cloud are not gated)
         if payloads != first["ours"]:
             print(f"node_overhead: the messages of {name} differ from those with {args.threads} threads", file=sys.stderr)
             return 1
@@ -236,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "benchmark": "node_overhead (P4)", "resolution": f"{W}x{H}", "machine": f"{platform.processor() or platform.machine()}",
-        "outputs": "depth, relative, colored, normals, camera_info, points (x,y,z,rgb,normal_xyz)",
+        "outputs": "depth, relative, colored, normals, camera_info, points (x,y,z,rgb,normal_xyz), depth/confidence",
         "postprocess_threads": configs,
         "peer_python_loops": {"total": _stats(peer_t["total"])},
         "load_average_1min": os.getloadavg()[0],  # the 2 cores are shared: absolute times scale with this
@@ -247,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                         **{k: _stats(v) for k, v in cpu[name].items()}}
     speedup = result["peer_python_loops"]["total"]["p50_ms"] / result["ours"]["total"]["p50_ms"]
     result["speedup_p50"] = speedup
+    if NO_CONFIDENCE in result:
+        result["confidence_added_p50_ms"] = result["ours"]["total"]["p50_ms"] - result[NO_CONFIDENCE]["total"]["p50_ms"]
     print(f"node overhead at {W}x{H} (everything but the model), {args.frames} frames after {args.warmup} warm-up; "
           f"load average {result['load_average_1min']:.1f} on {os.cpu_count()} cores")
     for name, n in configs.items():
@@ -255,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
                                  for k in (*STAGES, "total")))
         print(f"    CPU p50: all threads {result[name]['cpu_total']['p50_ms']:.2f} ms, worker thread "
               f"{result[name]['cpu_worker_thread']['p50_ms']:.2f} ms (the rest ran on helper threads)")
+    if NO_CONFIDENCE in result:
+        print(f"  confidence + gating + stabiliser added (p50 of ours - {NO_CONFIDENCE}): "
+              f"{result['confidence_added_p50_ms']:.2f} ms   target <= 1 ms")
     s = result["peer_python_loops"]["total"]
     print(f"  peer (Python loops + per-point tuples) total p50 {s['p50_ms']:8.1f} ms   p95 {s['p95_ms']:8.1f} ms")
     print(f"  ratio peer/ours (p50): {speedup:.1f}x   target >= 3x: {'met' if speedup >= 3 else 'NOT met'}; "

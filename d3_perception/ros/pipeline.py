@@ -135,7 +135,7 @@ class CameraPipeline:
         self._reset_quality = False
         self._buffers = conv.BufferPool()
         self.workers: RowWorkers | None = None  # the worker thread's helpers (postprocess_threads)
-        self.quality = FrameQuality(cfg)  # confidence, gating, stabiliser (worker thread)
+        self.quality: FrameQuality | None = FrameQuality(cfg)  # confidence, gating, stabiliser (worker thread)
 
     # ------------------------------------------------------------------ configuration, reporting
     def set_config(self, cfg: NodeConfig) -> None:
@@ -281,7 +281,8 @@ class CameraPipeline:
                                                  cfg.metric_sync_tolerance_s, cfg.max_input_pixels)
             if problem is not None:
                 self.bad(problem.kind, problem.reason)
-        self.quality.reference = sparse  # the confidence's sparse cue compares with the same reference
+        if self.quality is not None:
+            self.quality.reference = sparse  # the confidence's sparse cue compares with the same reference
         with self._aligner_lock:
             if frame.reset_alignment:
                 self._aligner.reset()
@@ -372,10 +373,11 @@ class CameraPipeline:
             self.bad("camera_info_missing", "no valid, recent camera_info: points and depth/camera_info skipped")
         model_n = np.asarray(out["normals"][0]) if "normals" in prep.tasks else None
         active = prep.active
-        if self._reset_quality or frame.reset_alignment:  # lifecycle cleanup, or the stream jumped back
-            self._reset_quality = False
-            self.quality.reset()
-        self.quality.begin(cfg, out_hw)
+        if self.quality is not None:  # None: the outputs without confidence, gating, stabiliser (benchmark)
+            if self._reset_quality or frame.reset_alignment:  # lifecycle cleanup, or the stream jumped back
+                self._reset_quality = False
+                self.quality.reset()
+            self.quality.begin(cfg, out_hw)
         # worker thread only: outputs are computed straight into the message buffers of self._buffers
         outputs = compute_outputs(cfg, want, prep.rgb, relative, model_n, K, out_hw, self._buffers,
                                   self._row_workers(cfg.postprocess_threads),
