@@ -3,7 +3,9 @@
 Per input image ``<stem>`` it writes into ``--output``:
   ``<stem>_depth.png`` (uint16, 0..65535 = relative depth 0..1, 0 = near), ``<stem>_depth.npy`` (float32 [H,W]),
   ``<stem>_depth_colored.png`` (colour-mapped preview), ``<stem>_normals.png`` (RGB = (n + 1) / 2),
-  ``<stem>_normals.npy`` (float32 [H,W,3], unit, camera optical frame by default), ``<stem>.ply`` (``--ply``).
+  ``<stem>_normals.npy`` (float32 [H,W,3], unit, camera optical frame by default), ``<stem>.ply`` (``--ply``),
+  ``<stem>_confidence.npy`` (float32 [H,W] in [0,1], 1 = trust; docs/confidence.md) and its grey preview
+  ``<stem>_confidence.png`` (uint8, 255 = 1).
 """
 
 from __future__ import annotations
@@ -127,6 +129,12 @@ def save_outputs(out_dir: Path, stem: str, rgb: np.ndarray, result: dict[str, np
         written.append(out_dir / f"{stem}_normals.npy")
         vis = np.round((np.clip(normals, -1, 1) + 1.0) * 127.5).astype(np.uint8)
         imwrite(out_dir / f"{stem}_normals.png", cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))
+    if depth is not None:
+        conf = _confidence(depth[0], normals if normals_to_optical is not None else None, intr, near_m, far_m)
+        np.save(out_dir / f"{stem}_confidence.npy", conf)
+        written.append(out_dir / f"{stem}_confidence.npy")
+        if previews:
+            imwrite(out_dir / f"{stem}_confidence.png", np.round(np.clip(conf, 0, 1) * 255.0).astype(np.uint8))
     if ply and depth is not None and intr is not None:
         from d3_perception.geometry.ply import write_ply
         from d3_perception.geometry.pointcloud import backproject
@@ -137,6 +145,21 @@ def save_outputs(out_dir: Path, stem: str, rgb: np.ndarray, result: dict[str, np
         nrm = normals.reshape(-1, 3) if normals is not None and normals_to_optical is not None else None
         written.append(write_ply(out_dir / f"{stem}.ply", pts, rgb.reshape(-1, 3), nrm))
     return written
+
+
+def _confidence(relative: np.ndarray, normals_optical: np.ndarray | None, intr: _Intrinsics | None,
+                near_m: float, far_m: float) -> np.ndarray:
+    """``[H,W]`` float32 confidence of one relative depth map (the node's estimator and defaults): the cues are
+    scale-free, so the ``[near_m, far_m]`` mapping stands in for metres; the normals cue when the optical-frame
+    normals are known (intrinsics: the given ones, else a 60 degree field of view, as the node without
+    camera_info); no sparse reference here."""
+    from d3_perception.geometry.confidence import ConfidenceEstimator
+    from d3_perception.geometry.intrinsics import intrinsics_from_fov
+
+    hw = relative.shape
+    geo = (np.float32(near_m) + relative.astype(np.float32) * np.float32(far_m - near_m)).astype(np.float32)
+    K = intr.K(hw) if intr is not None else intrinsics_from_fov(hw, 60.0)
+    return ConfidenceEstimator().compute(geo, K, normals_optical).astype(np.float32, copy=True)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -87,7 +87,7 @@ def test_outputs_are_identical_with_and_without_helper_threads(make_node, params
         node, sent = make_node(postprocess_threads=threads, **params)
         results.append(_run(node, sent, params["metric.mode"] == "sparse_depth"))
         assert node._pipeline.stats.snapshot().bad_input == {}, node._pipeline.stats.snapshot().last_problem
-    expected = {"relative", "camera_info", "colored", "normals", "normals_colored", "points", "info"}
+    expected = {"relative", "camera_info", "colored", "normals", "normals_colored", "points", "info", "confidence"}
     if params["metric.mode"] != "none":
         expected.add("depth")
     assert set(results[0]) == expected

@@ -12,7 +12,7 @@ import pytest
 
 from d3_perception.geometry.ply import read_ply, write_ply
 from d3_perception.model import build_random_checkpoint
-from d3_perception.predict import main
+from d3_perception.predict import main, save_outputs
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,11 @@ def test_folder_recursive_writes_every_output_at_input_size(ckpt, images, tmp_pa
         cloud = read_ply(out / f"{stem}.ply")
         assert cloud.shape == (h * w,) and set(cloud.dtype.names) >= {"x", "y", "z", "nx", "red"}
         assert 0.5 <= cloud["z"].min() and cloud["z"].max() <= 10.0  # relative depth mapped to [near, far]
+        conf = np.load(out / f"{stem}_confidence.npy")
+        assert conf.dtype == np.float32 and conf.shape == (h, w) and 0 <= conf.min() and conf.max() <= 1 + 1e-6
+        preview = cv2.imread(str(out / f"{stem}_confidence.png"), cv2.IMREAD_UNCHANGED)
+        assert preview.dtype == np.uint8 and preview.shape == (h, w)
+        np.testing.assert_allclose(preview / 255.0, np.clip(conf, 0, 1), atol=0.5 / 255 + 1e-6)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["written"] == 2 and summary["failed"] == []
 
@@ -118,3 +123,17 @@ def test_write_ply_round_trip_binary_and_ascii(tmp_path):
         write_ply(tmp_path / "x.ply", pts, rgb.astype(np.float32))
     with pytest.raises(ValueError, match=r"`points` must be \[N,3\]"):
         write_ply(tmp_path / "x.ply", pts[:, :2])
+
+
+def test_confidence_map_is_low_at_a_depth_step_and_high_on_the_planes(tmp_path):
+    h, w = 40, 60
+    depth = np.full((1, h, w), 0.2, np.float32)
+    depth[:, :, w // 2:] = 0.7  # two fronto-parallel planes and the step between them
+    normals = np.zeros((1, 3, h, w), np.float32)
+    normals[:, 2] = 1.0  # opengl: toward the viewer, i.e. fronto-parallel like the planes
+    written = save_outputs(tmp_path, "step", np.zeros((h, w, 3), np.uint8), {"depth": depth, "normals": normals},
+                           cmap="Spectral", normals_to_optical="opengl", ply=False, intr=None, near_m=0.5,
+                           far_m=10.0, previews=False)
+    assert tmp_path / "step_confidence.npy" in written and not (tmp_path / "step_confidence.png").exists()
+    conf = np.load(tmp_path / "step_confidence.npy")
+    assert conf[:, w // 2 - 1: w // 2 + 1].max() < 0.1 and conf[:, np.r_[:w // 2 - 4, w // 2 + 4:w]].min() > 0.9
