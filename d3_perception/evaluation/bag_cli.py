@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--write-prefix", default="/d3", help="namespace of the written topics (default /d3)")
     o.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     o.add_argument("--montage-frames", type=int, default=4, help="frames shown in montage.png (default 4)")
+    o.add_argument("--min-confidence", type=float, default=0.035,
+                   help="confidence gate of the flying-point calibration (default 0.035, the node's min_confidence)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -122,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         metric_mode=args.metric_mode, alignment_space=args.alignment_space, fixed_scale=args.scale,
         fixed_shift=args.shift, min_depth_m=args.min_depth_m, max_depth_m=args.max_depth_m, max_dt_ms=args.max_dt_ms,
         batch_size=args.batch_size, sparse_min_points=args.sparse_min_points, sparse_smoothing=args.sparse_smoothing,
-        montage_frames=args.montage_frames,
+        montage_frames=args.montage_frames, min_confidence=args.min_confidence,
         normals_convention=_checkpoint_convention(args.checkpoint) if args.checkpoint else "optical",
     )
     with BagSource(args.bag) as source:
@@ -169,6 +171,12 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{result.counts['evaluated']} frames ({result.counts['unmatched_frames']} without ground truth): "
           f"AbsRel {fmt(a['abs_rel'], 4)}  δ1 {fmt(a['delta1'], 4)}  RMSE {fmt(a['rmse'], 3)} m  "
           f"[{cfg.metric_mode}] -> {paths['markdown']}")
+    cal = result.calibration
+    if cal is not None:
+        fly = cal["flying_points"]
+        print(f"confidence: AUSE {fmt(cal['ause']['combined'], 4)} = {fmt(cal['ause_over_random'], 2)} x random"
+              + ("" if fly is None else f"; flying points {fmt(fly['share_before'], 3)} -> {fmt(fly['share_after'], 3)}"
+                 f" keeping {fmt(fly['kept_share'], 3)} at min_confidence {cal['min_confidence']}"))
     if not result.complete:
         print(f"d3-eval-bag: error: incomplete, {result.error} (partial report in {out_dir})", file=sys.stderr)
         return 1

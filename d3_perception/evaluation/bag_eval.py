@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from d3_perception.evaluation.bag_source import BagError, BagFrame, BagIndex, BagSource, TopicSelection
+from d3_perception.evaluation.calibration import FlyingPoints, SparsificationAccumulator, flying_points
 from d3_perception.evaluation.metrics import (
     DEPTH_METRICS,
     NormalErrorAccumulator,
@@ -39,6 +40,7 @@ from d3_perception.evaluation.metrics import (
     vdot,
 )
 from d3_perception.geometry.alignment import AlignmentResult, MetricAligner, MetricConfig
+from d3_perception.geometry.confidence import ConfidenceEstimator
 
 __all__ = ["METRIC_MODES", "BagEvalConfig", "BagEvalResult", "FrameRecord", "PredictionBagWriter", "evaluate_bag"]
 
@@ -73,6 +75,7 @@ class BagEvalConfig:
     sparse_smoothing: float = 0.8
     montage_frames: int = 4
     normals_convention: str = "optical"  # frame of the model's normals (checkpoint config)
+    min_confidence: float = 0.035  # the node's default gate, for the flying points before/after gating
 
     def __post_init__(self) -> None:
         if self.metric_mode not in METRIC_MODES:
@@ -89,6 +92,8 @@ class BagEvalConfig:
             raise ValueError(f"`fixed_scale` must be finite and > 0; got {self.fixed_scale}")
         if self.montage_frames < 0:
             raise ValueError(f"`montage_frames` must be >= 0; got {self.montage_frames}")
+        if not (0.0 <= self.min_confidence <= 1.0):
+            raise ValueError(f"`min_confidence` must be in [0, 1]; got {self.min_confidence}")
 
 
 @dataclass
@@ -132,6 +137,7 @@ class BagEvalResult:
     error: str | None = None
     global_fit: dict[str, float] | None = None
     model: dict | None = None
+    calibration: dict | None = None  # confidence: AUSE vs oracle/random, flying points before/after gating
 
     def summary(self) -> dict:
         """JSON-ready dict (without the arrays of the plots)."""
@@ -145,6 +151,7 @@ class BagEvalResult:
             "aggregate": self.aggregate,
             "normals": self.normals,
             "global_fit": self.global_fit,
+            "calibration": self.calibration,
             "latency_ms": self.latency_ms,
             "drift": self.drift,
             "valid_fraction": self.valid_fraction,
@@ -315,6 +322,10 @@ class _Evaluator:
         self.global_sums = np.zeros(5, dtype=np.float64)  # n, sum p, sum t, sum pp, sum pt over valid pixels
         # Per-frame buffers (grown to the largest frame): no full-frame temporaries in the metrics stage.
         self.work = Workspace()
+        # confidence calibration (issue #16): the node's estimator on the metric prediction
+        self.confidence = ConfidenceEstimator()
+        self.sparsification = SparsificationAccumulator()
+        self.flying = FlyingPoints()
 
     def gt_mask(self, gt: np.ndarray) -> np.ndarray:
         """``[H,W]`` bool: GT finite and strictly inside the depth range. A workspace view, valid for this frame."""
@@ -488,6 +499,10 @@ class _Evaluator:
             with np.errstate(over="ignore"):  # a prediction clipped to float32 max has an infinite error
                 metrics, rel_err, log_gt = depth_metrics_flat(clipped_v, gt_v, work)
                 self.acc.add_depth(rel_err, log_gt, work)
+        if metric_v is not None and n_valid >= 10:
+            if metric is None:
+                metric = self._apply(rel, scale, shift)
+            self._calibrate(frame, np.asarray(metric, np.float32), mask, normals_hw3)
         normal_metrics: dict[str, float] = {}
         if normals_hw3 is not None and frame.normals is not None:
             angles = normal_angles_deg(normals_hw3, frame.normals, np.all(np.isfinite(normals_hw3), axis=-1))
@@ -517,6 +532,38 @@ class _Evaluator:
         if self.writer is not None:
             self.writer.write(frame, rel, None if cfg.metric_mode == "none" else metric, normals_hw3)
             self.timing["write_bag"] += time.perf_counter() - t_metrics
+
+
+    def _calibrate(self, frame: BagFrame, metric: np.ndarray, mask: np.ndarray, normals_hw3) -> None:
+        """Confidence of one frame's ``[H,W]`` metric prediction: its sparsification against |pred-gt|/gt and the
+        flying points of its cloud before and after the ``min_confidence`` gate (needs camera_info)."""
+        K = frame.K
+        sparse = frame.sparse_m if self.cfg.metric_mode == "sparse_depth" else None
+        metric = np.where(np.isfinite(metric), metric, np.float32(np.nan))  # an infinite prediction is no point
+        conf = self.confidence.compute(metric, K, normals_hw3 if K is not None else None, sparse)  # [H,W]
+        gt = frame.depth_m
+        with np.errstate(invalid="ignore", divide="ignore"):
+            evaluated = mask & (metric > 0)  # False for NaN
+            err = np.abs(metric[evaluated] - gt[evaluated]) / gt[evaluated]  # [M]
+        if err.size:
+            self.sparsification.add(err, {"combined": conf[evaluated]})
+        if K is not None:
+            from d3_perception.geometry.pointcloud import backproject
+
+            self.flying += flying_points(backproject(metric, K), np.where(mask, gt, np.nan), K,
+                                         keep=conf >= np.float32(self.cfg.min_confidence))
+
+    def calibration(self) -> dict | None:
+        if not self.sparsification.frames:
+            return None
+        ause = self.sparsification.ause()
+        f = self.flying
+        return {"frames": self.sparsification.frames, "min_confidence": self.cfg.min_confidence,
+                "ause": {"combined": ause["combined"], "random": ause["random"]},
+                "ause_over_random": ause["combined"] / ause["random"] if ause["random"] > 0 else math.nan,
+                "flying_points": None if not f.points else {
+                    "points": f.points, "share_before": f.share_before, "share_after": f.share_after,
+                    "kept_share": f.kept_share, "reduction": f.reduction}}
 
 
 def _timed(iterator: Iterator, timing: dict, key: str) -> Iterator:
@@ -706,4 +753,5 @@ def _result(ev: _Evaluator, source: BagSource, idx: BagIndex, topics: TopicSelec
         timing_s=timing, error_hist=ev.acc.error_hist,
         depth_bins={"edges_m": DEPTH_BINS_M, "abs_rel_sum": ev.acc.depth_sum, "count": ev.acc.depth_count},
         samples=ev.acc.samples, complete=complete, error=error, global_fit=global_fit, model=model_info,
+        calibration=ev.calibration(),
     )

@@ -105,6 +105,17 @@ def _bag_markdown(result, summary: dict, bag: str, plots: list[str]) -> str:
                   "|---|---|---|---|---|---|",
                   f"| {fmt(n['mean'], 2)} | {fmt(n['median'], 2)} | {fmt(n['rmse'], 2)} | {fmt(n['a11.25'], 1, 100)} % | "
                   f"{fmt(n['a22.5'], 1, 100)} % | {fmt(n['a30'], 1, 100)} % |", ""]
+    cal = getattr(result, "calibration", None)
+    if cal:
+        fly = cal["flying_points"]
+        lines += ["## Confidence (docs/confidence.md)", "",
+                  "| AUSE of AbsRel ↓ | random's | ratio ↓ (target ≤ 0.5) | flying points before → after gate | "
+                  "points kept | gate |", "|---|---|---|---|---|---|",
+                  f"| {fmt(cal['ause']['combined'], 4)} | {fmt(cal['ause']['random'], 4)} | "
+                  f"{fmt(cal['ause_over_random'], 2)} | "
+                  + ("no camera_info | - " if fly is None else
+                     f"{fmt(fly['share_before'], 3)} → {fmt(fly['share_after'], 3)} | {fmt(fly['kept_share'], 3)} ")
+                  + f"| min_confidence {cal['min_confidence']} |", ""]
     lat = result.latency_ms
     lines += ["## Latency, drift, valid pixels", "", "| quantity | value |", "|---|---|"]
     if lat.get("model"):

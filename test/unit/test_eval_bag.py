@@ -467,3 +467,24 @@ def test_float_depth_decoding_marks_non_finite_and_non_positive_values_invalid()
     assert depth.dtype == np.float32
     expected = np.array([[1.5, np.nan, np.nan, np.nan], [np.nan, np.nan, 3e-3, 250.0]], np.float32)
     np.testing.assert_array_equal(depth, expected)
+
+
+def test_confidence_calibration_is_reported_with_flying_points_before_and_after_gating(tmp_path, monkeypatch,
+                                                                                        capsys):
+    import cv2
+
+    frames = make_bag(tmp_path / "bag", drop_gt=(), extra_gt=False, n=3)
+    for f in frames:  # a network-like prediction: depth edges smeared across 5 px (flying pixels between surfaces)
+        f["rel"] = cv2.blur(f["rel"], (5, 5))
+    out = tmp_path / "out"
+    rc, stdout, err = run_cli(monkeypatch, capsys, [str(tmp_path / "bag"), "--checkpoint", "x", "--out", str(out),
+                                                    "--metric-mode", "fixed", "--scale", str(SCALE), "--shift",
+                                                    str(SHIFT), "--min-confidence", "0.2"], OracleBackend(frames))
+    assert rc == 0, err
+    cal = json.loads((out / "metrics.json").read_text())["calibration"]
+    assert cal["frames"] == 3 and cal["min_confidence"] == 0.2
+    assert cal["ause"]["combined"] < 0.5 * cal["ause"]["random"]  # the smeared edges are the low-confidence ones
+    fly = cal["flying_points"]
+    assert fly["share_before"] > 0 and fly["share_after"] < 0.5 * fly["share_before"] and fly["kept_share"] > 0.5
+    assert "confidence: AUSE" in stdout and "flying points" in stdout
+    assert "## Confidence" in (out / "report.md").read_text()
