@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 # a camera image when guessing topics: a colour encoding that is not also a depth one (mono16 is taken as depth)
 _COLOR_ENCODINGS = frozenset(COLOR_ENCODINGS) - frozenset(DEPTH_ENCODINGS)
-_NOT_GT_WORDS = ("sparse", "relative", "colored", "pred")
+_NOT_GT_WORDS = ("sparse", "relative", "colored", "pred", "confidence")
 
 
 def _is_depth(encoding: str | None) -> bool:

@@ -47,7 +47,8 @@ class OracleBackend(Backend):
 
 def make_bag(path: Path, storage: str = "mcap", *, n: int = 6, size_hw=(48, 64), depth_encoding: str = "32FC1",
              compressed: bool = False, gt_offset_ns: int = 2_000_000, drop_gt=(3,), extra_gt: bool = True,
-             sparse: bool = False, normals: bool = True, extra_depth_topic: bool = False) -> list[dict]:
+             sparse: bool = False, normals: bool = True, extra_depth_topic: bool = False,
+             confidence_topic: bool = False) -> list[dict]:
     """A synthetic camera bag; returns per-frame oracle data (rgb, rel, normals)."""
     seq = SyntheticSequence(seed=0, size_hw=size_hw, fps=10, kind="room")
     frames = []
@@ -78,6 +79,9 @@ def make_bag(path: Path, storage: str = "mcap", *, n: int = 6, size_hw=(48, 64),
                     bag.write_image("/cam/depth", gt_m, "32FC1", gt_stamp, "cam_optical")
                 if extra_depth_topic:
                     bag.write_image("/cam/depth_registered", gt_m, "32FC1", gt_stamp, "cam_optical")
+                if confidence_topic:  # the node's depth/confidence, also 32FC1: never ground truth
+                    bag.write_image("/cam/depth/confidence", np.ones(size_hw, np.float32), "32FC1", gt_stamp,
+                                    "cam_optical")
             if sparse:
                 sp = np.full(size_hw, np.nan, np.float32)
                 sp[::3, ::3] = gt_m[::3, ::3]
@@ -473,7 +477,7 @@ def test_confidence_calibration_is_reported_with_flying_points_before_and_after_
                                                                                         capsys):
     import cv2
 
-    frames = make_bag(tmp_path / "bag", drop_gt=(), extra_gt=False, n=3)
+    frames = make_bag(tmp_path / "bag", drop_gt=(), extra_gt=False, n=3, confidence_topic=True)
     for f in frames:  # a network-like prediction: depth edges smeared across 5 px (flying pixels between surfaces)
         f["rel"] = cv2.blur(f["rel"], (5, 5))
     out = tmp_path / "out"
@@ -481,7 +485,9 @@ def test_confidence_calibration_is_reported_with_flying_points_before_and_after_
                                                     "--metric-mode", "fixed", "--scale", str(SCALE), "--shift",
                                                     str(SHIFT), "--min-confidence", "0.2"], OracleBackend(frames))
     assert rc == 0, err
-    cal = json.loads((out / "metrics.json").read_text())["calibration"]
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["topics"]["depth"] == "/cam/depth"  # not the recorded depth/confidence
+    cal = report["calibration"]
     assert cal["frames"] == 3 and cal["min_confidence"] == 0.2
     assert cal["ause"]["combined"] < 0.5 * cal["ause"]["random"]  # the smeared edges are the low-confidence ones
     fly = cal["flying_points"]
