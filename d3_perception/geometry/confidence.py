@@ -169,6 +169,7 @@ class ConfidenceEstimator:
             # invalid depth -> 0 (not (z > 0) also catches NaN)
             valid = np.greater(z, 0, out=self._buf("valid", grid, bool))
             np.copyto(conf, np.float32(0.0), where=~valid)
+            np.minimum(conf, np.float32(1.0), out=conf)  # float32 rounding of the powers can give 1 + 1e-7
         self._last = (conf, valid)
         if parts is not None:
             for name, cue in cues:

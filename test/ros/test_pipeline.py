@@ -128,7 +128,7 @@ def test_confidence_is_low_at_the_discontinuity_and_gating_removes_exactly_those
     pipe, chain, _ = _pipeline(**params, min_confidence=0.0)
     ungated = _step_at(pipe, chain, rgb, 10.0)
     conf = msg_to_numpy(ungated.messages["confidence"])
-    assert conf.dtype == np.float32 and conf.shape == (H, W)
+    assert conf.dtype == np.float32 and conf.shape == (H, W) and conf.min() >= 0 and conf.max() <= 1
     edge = np.abs(np.arange(W) - W // 2 + 0.5) <= 0.5  # the two columns either side of the step
     far = np.abs(np.arange(W) - W // 2) >= 4
     assert conf[:, edge].max() < 0.05 and conf[:, far].min() > 0.9  # the step is trusted far less than planes
