@@ -9,8 +9,10 @@ default), so the result stays on the scale of one cue whatever the number of cue
 - ``normals``: ``x = 1 - cos`` of the angle between the model's normals and the normals of the predicted depth
   (closed form of :func:`~d3_perception.geometry.normals.normals_from_depth`'s cross product, see
   :func:`_depth_normal_cosine`): the two outputs disagree where the depth is wrong in shape;
-- ``sparse``: the local mean of ``|z - ref| / ref`` over the sparse metric reference points in a window of
-  ``residual_window`` x the image height (a box filter); no reference nearby = no evidence = 1.
+- ``sparse``: ``|z - ref| / ref`` over the sparse metric reference points, robustly: the median per cell of a
+  half ``residual_window`` x the image height, averaged over 3 x 3 cells (weighted by
+  the returns per cell), so a minority of outlier returns does not count against a correct depth; no
+  reference nearby = no evidence = 1.
 
 The work runs on a grid ``step`` times coarser than the frame (the model's depth is itself upsampled from its
 processing resolution) and the combined map is resized back with nearest neighbour, so the published map
@@ -38,6 +40,9 @@ __all__ = [
 
 CONFIDENCE_SOURCES = ("edges", "normals", "sparse")
 COMBINE_RULES = ("geomean", "min")
+# a reference return's relative residual counts at most this much in its cell's median: beyond 100 % off it
+# says "wrong" no louder (a 0.3 m reflection in front of a 3 m wall is 900 % off)
+RESIDUAL_CAP = 1.0
 
 
 @dataclass(frozen=True)
@@ -254,14 +259,19 @@ class ConfidenceEstimator:
 
     def _sparse(self, z_full: np.ndarray, sparse_m, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Sparse cue on the grid (raised to ``sparse_weight`` for the geometric mean) and the evidence weight
-        (0-1, 0 where no reference point is near): the local mean of ``|z - ref| / ref`` over the reference
-        points in a square window of ``residual_window`` x H. The sums are binned into cells of a quarter window
-        and box-filtered there (the cue is smooth at that scale), then resized to the grid bilinearly."""
+        (0-1, 0 where no reference point is near).
+
+        Robust to outlier returns (reflections, rain): the relative residuals ``|z - ref| / ref`` are binned
+        into cells of half ``residual_window`` x H, each cell keeps the *median* of its residuals (capped
+        at :data:`RESIDUAL_CAP`), and the window's value is the count-weighted mean of the cell medians over
+        3 x 3 cells (box filters), resized to the grid bilinearly. A minority of wrong returns in a cell
+        leaves its median alone; a region where the depth is wrong moves most returns and so the medians."""
         ref = np.asarray(sparse_m)
         if ref.shape != z_full.shape:
             raise ValueError(f"`sparse_m` must have the shape of `depth` {z_full.shape}; got {ref.shape}")
         h, w = z_full.shape
-        cell = max(1, round(self.config.residual_window * h / 4))  # frame pixels per cell
+        # cells of half a window: enough returns per cell for a median (a quarter had 4 at 120x160: not robust)
+        cell = max(1, round(self.config.residual_window * h / 2))  # frame pixels per cell
         cells_hw = (-(-h // cell), -(-w // cell))
         with np.errstate(invalid="ignore"):
             idx = np.flatnonzero(ref > 0)  # [M] reference pixels; NaN compares False
@@ -271,10 +281,11 @@ class ConfidenceEstimator:
         idx, r = idx[ok], r[ok]
         bins = (idx // w) // cell * cells_hw[1] + (idx % w) // cell
         size = cells_hw[0] * cells_hw[1]
-        num = np.bincount(bins, weights=r, minlength=size).astype(np.float32).reshape(cells_hw)
-        den = np.bincount(bins, minlength=size).astype(np.float32).reshape(cells_hw)
-        cv2.boxFilter(num, -1, (5, 5), dst=num, normalize=False, borderType=cv2.BORDER_CONSTANT)
-        cv2.boxFilter(den, -1, (5, 5), dst=den, normalize=False, borderType=cv2.BORDER_CONSTANT)
+        num, den = _cell_medians(bins, r, size)
+        num, den = num.reshape(cells_hw), den.reshape(cells_hw)
+        num *= den  # count-weighted: a cell of one return weighs little beside full scan-row cells
+        cv2.boxFilter(num, -1, (3, 3), dst=num, normalize=False, borderType=cv2.BORDER_CONSTANT)
+        cv2.boxFilter(den, -1, (3, 3), dst=den, normalize=False, borderType=cv2.BORDER_CONSTANT)
         evidence = np.minimum(den, np.float32(1.0))  # [cells] 1 where a reference point is near
         x = np.divide(num, den, out=num)  # 0 / 0 = NaN where no reference point is near
         s = np.float32(self.config.residual_scale)
@@ -286,6 +297,25 @@ class ConfidenceEstimator:
         size = (grid[1], grid[0])
         return (cv2.resize(x, size, dst=self._buf("sparse", grid), interpolation=cv2.INTER_LINEAR),
                 cv2.resize(evidence, size, dst=self._buf("evidence", grid), interpolation=cv2.INTER_LINEAR))
+
+
+def _cell_medians(bins: np.ndarray, r: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell the median of ``r`` (capped at :data:`RESIDUAL_CAP`) and the count: ``([size], [size])``
+    float32, median 0 in empty cells. ``bins`` ``[M]`` int cell index, ``r`` ``[M]`` >= 0.
+
+    One sort of ``bin + r / (2 cap)`` (float64: the residual stays inside its cell's unit interval) orders the
+    residuals within each cell; numpy has no grouped median, and this is one O(M log M) pass."""
+    count = np.bincount(bins, minlength=size)
+    median = np.zeros(size, np.float32)
+    if bins.size:
+        key = np.minimum(r, RESIDUAL_CAP) * (0.5 / RESIDUAL_CAP) + bins
+        key.sort()
+        cells = np.flatnonzero(count)
+        n = count[cells]
+        start = np.cumsum(count)[cells] - n
+        mid = key[start + (n - 1) // 2] + key[start + n // 2] - 2 * cells  # 2 x (median / (2 cap))
+        median[cells] = mid * RESIDUAL_CAP
+    return median, count.astype(np.float32)
 
 
 def _planes(normals, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -169,3 +169,38 @@ def test_bad_inputs_raise_one_clear_error():
         est.compute(np.ones(HW, np.float32), sparse_m=np.ones((3, 3), np.float32))
     with pytest.raises(ValueError, match="`min_confidence` must be"):
         gate_depth(np.ones(HW, np.float32), np.ones(HW, np.float32), 1.5)
+
+
+def _room_with_reference(outlier_share, hw=(480, 640), seed=3):
+    """A synthetic room's exact depth, its intrinsics and a 12-row scan reference (1 cm noise) in which
+    ``outlier_share`` of the returns are 0.3 m "reflections" (what a LiDAR sees on glass and rain)."""
+    from d3_perception.synthetic import sparse_depth
+
+    frame = SyntheticSequence(seed=seed, size_hw=hw, kind="room").frame(0)
+    rng = np.random.default_rng(0)
+    ref = sparse_depth(frame.depth_m, rng, pattern="scan", rows=12, noise_std_m=0.01)
+    ref[(rng.random(ref.shape) < outlier_share) & np.isfinite(ref)] = 0.3
+    return frame.depth_m.astype(np.float32), frame.K, ref
+
+
+@pytest.mark.parametrize("outlier_share", [0.05, 0.2])
+@pytest.mark.parametrize("hw", [(480, 640), (120, 160)])
+def test_outlier_returns_of_the_reference_do_not_gate_a_correct_depth_map(outlier_share, hw):
+    depth, k, ref = _room_with_reference(outlier_share, hw)
+    valid = np.isfinite(depth) & (depth > 0)
+    conf = ConfidenceEstimator().compute(depth, k, sparse_m=ref)
+    kept = np.count_nonzero(conf[valid] >= 0.035) / np.count_nonzero(valid)  # the node's default gate
+    assert kept >= 0.95
+
+
+def test_a_wrong_region_is_still_flagged_by_a_reference_with_outliers():
+    depth, k, ref = _room_with_reference(0.2)
+    wrong = depth.copy()
+    wrong[:, 400:] *= 2.0  # the right part of the map 100 % too far (a wrong plane), the rest exact
+    conf = ConfidenceEstimator().compute(wrong, k, sparse_m=ref)
+    valid = np.isfinite(depth) & (depth > 0)
+    right, left = valid.copy(), valid.copy()
+    right[:, :460] = False  # clear of the window that straddles the boundary
+    left[:, 340:] = False
+    assert np.count_nonzero(conf[right] < 0.035) / np.count_nonzero(right) > 0.95
+    assert np.count_nonzero(conf[left] >= 0.035) / np.count_nonzero(left) > 0.95
