@@ -34,6 +34,7 @@ __all__ = [
     "CONFIDENCE_SOURCES",
     "ConfidenceConfig",
     "ConfidenceEstimator",
+    "SparsePoints",
     "gate_depth",
     "summarize_confidence",
 ]
@@ -95,6 +96,38 @@ class ConfidenceConfig:
         return max(1, -(-max(hw) // self.grid_long_side))
 
 
+class SparsePoints:
+    """The valid pixels of a sparse reference ``[H,W]`` (finite, > 0), found once: a reference message serves
+    several frames (the node caches it), and scanning the full frame for its few returns was the sparse cue's
+    largest cost. Treat as immutable (it does not see later changes of the array it was made from).
+
+    shape: ``(H, W)``; index: ``[M]`` int64 flat pixel indices; values: ``[M]`` float32 reference depths.
+    """
+
+    def __init__(self, sparse_m: np.ndarray) -> None:
+        ref = np.asarray(sparse_m)
+        if ref.ndim != 2:
+            raise ValueError(f"`sparse_m` must be [H,W]; got shape {ref.shape}")
+        self.shape = ref.shape
+        with np.errstate(invalid="ignore"):
+            self.index = np.flatnonzero(ref > 0)  # NaN compares False
+        self.values = ref.reshape(-1)[self.index].astype(np.float32)
+        self._cells: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def by_cell(self, cell: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(bins, index, values)``, each ``[M]``, ordered by ``bins``: the index (int64, row-major) of each
+        point's ``cell`` x ``cell`` block, its flat pixel index and its reference depth (cached per ``cell``;
+        the order makes the per-frame sort of the cell medians a merge of short runs)."""
+        cached = self._cells.get(cell)
+        if cached is None:
+            cells_w = -(-self.shape[1] // cell)
+            bins = (self.index // self.shape[1]) // cell * cells_w + (self.index % self.shape[1]) // cell
+            order = np.argsort(bins, kind="stable")
+            cached = (bins[order], self.index[order], self.values[order])
+            self._cells[cell] = cached
+        return cached
+
+
 class ConfidenceEstimator:
     """Confidence maps of one stream with work buffers reused across frames (not thread-safe: one worker)."""
 
@@ -111,7 +144,7 @@ class ConfidenceEstimator:
             self._buffers[name] = a
         return a
 
-    def compute(self, depth: np.ndarray, K=None, model_normals=None, sparse_m: np.ndarray | None = None,
+    def compute(self, depth: np.ndarray, K=None, model_normals=None, sparse_m: np.ndarray | SparsePoints | None = None,
                 out: np.ndarray | None = None, parts: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Confidence ``[H,W]`` float32 in [0, 1] of ``depth``.
 
@@ -120,8 +153,8 @@ class ConfidenceEstimator:
         K: ``[3,3]`` intrinsics of ``depth`` (needed by the ``normals`` cue).
         model_normals: the model's unit normals in the camera optical frame, ``[3,H,W]``, ``[H,W,3]`` or three
             ``[H,W]`` planes; None = no ``normals`` cue.
-        sparse_m: ``[H,W]`` sparse metric reference (NaN or <= 0 = none) in the units of ``depth``; None = no
-            ``sparse`` cue.
+        sparse_m: ``[H,W]`` sparse metric reference (NaN or <= 0 = none) in the units of ``depth``, or its
+            :class:`SparsePoints` (cheaper when one reference serves several frames); None = no ``sparse`` cue.
         out: optional float32 ``[H,W]`` to write into; without it the result is a buffer of this estimator,
             valid until the next call.
         parts: if given, filled with each computed cue's ``[H,W]`` map (copies; for evaluation).
@@ -182,6 +215,11 @@ class ConfidenceEstimator:
         if out is not None and (out.shape != hw or out.dtype != np.float32):
             raise ValueError(f"`out` must be float32 {hw}; got {out.dtype} {out.shape}")
         return self._up(conf, hw, out if out is not None else (None if step == 1 else self._buf("full", hw)))
+
+    def any_below(self, min_confidence: float) -> bool:
+        """Whether the last :meth:`compute` has a pixel below ``min_confidence`` (on its grid, which the frame
+        map repeats: False = gating that map removes nothing); True before the first frame."""
+        return self._last is None or bool((self._last[0] < np.float32(min_confidence)).any())
 
     def summary(self, min_confidence: float) -> tuple[float, float]:
         """``(mean confidence, share below min_confidence)`` over the valid pixels of the last :meth:`compute`,
@@ -266,20 +304,21 @@ class ConfidenceEstimator:
         at :data:`RESIDUAL_CAP`), and the window's value is the count-weighted mean of the cell medians over
         3 x 3 cells (box filters), resized to the grid bilinearly. A minority of wrong returns in a cell
         leaves its median alone; a region where the depth is wrong moves most returns and so the medians."""
-        ref = np.asarray(sparse_m)
-        if ref.shape != z_full.shape:
-            raise ValueError(f"`sparse_m` must have the shape of `depth` {z_full.shape}; got {ref.shape}")
+        points = sparse_m if isinstance(sparse_m, SparsePoints) else SparsePoints(sparse_m)
+        if points.shape != z_full.shape:
+            raise ValueError(f"`sparse_m` must have the shape of `depth` {z_full.shape}; got {points.shape}")
         h, w = z_full.shape
         # cells of half a window: enough returns per cell for a median (a quarter had 4 at 120x160: not robust)
         cell = max(1, round(self.config.residual_window * h / 2))  # frame pixels per cell
         cells_hw = (-(-h // cell), -(-w // cell))
-        with np.errstate(invalid="ignore"):
-            idx = np.flatnonzero(ref > 0)  # [M] reference pixels; NaN compares False
-        zr, rr = z_full.reshape(-1)[idx], ref.reshape(-1)[idx]
-        r = np.abs(zr - rr) / rr  # [M] relative residual, NaN where the depth is invalid
+        bins, index, rr = points.by_cell(cell)
+        r = np.take(z_full.reshape(-1), index)  # [M] only the reference pixels, no full-frame pass
+        r -= rr
+        np.abs(r, out=r)
+        r /= rr  # [M] relative residual, NaN where the depth is invalid
         ok = np.isfinite(r)
-        idx, r = idx[ok], r[ok]
-        bins = (idx // w) // cell * cells_hw[1] + (idx % w) // cell
+        if not ok.all():
+            bins, r = bins[ok], r[ok]
         size = cells_hw[0] * cells_hw[1]
         num, den = _cell_medians(bins, r, size)
         num, den = num.reshape(cells_hw), den.reshape(cells_hw)
@@ -304,12 +343,13 @@ def _cell_medians(bins: np.ndarray, r: np.ndarray, size: int) -> tuple[np.ndarra
     float32, median 0 in empty cells. ``bins`` ``[M]`` int cell index, ``r`` ``[M]`` >= 0.
 
     One sort of ``bin + r / (2 cap)`` (float64: the residual stays inside its cell's unit interval) orders the
-    residuals within each cell; numpy has no grouped median, and this is one O(M log M) pass."""
+    residuals within each cell; numpy has no grouped median. With ``bins`` already ordered (as
+    :meth:`SparsePoints.by_cell` gives them) the stable sort (timsort) only merges the short runs of each cell."""
     count = np.bincount(bins, minlength=size)
     median = np.zeros(size, np.float32)
     if bins.size:
         key = np.minimum(r, RESIDUAL_CAP) * (0.5 / RESIDUAL_CAP) + bins
-        key.sort()
+        key.sort(kind="stable")
         cells = np.flatnonzero(count)
         n = count[cells]
         start = np.cumsum(count)[cells] - n

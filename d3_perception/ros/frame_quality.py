@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from d3_perception.geometry.alignment import AlignmentResult
-from d3_perception.geometry.confidence import ConfidenceEstimator, gate_depth
+from d3_perception.geometry.confidence import ConfidenceEstimator, SparsePoints, gate_depth
 from d3_perception.geometry.temporal import TemporalStabilizer
 
 __all__ = ["FLICKER_FRAMES", "FrameQuality", "QualitySample", "quality_alarms", "worst"]
@@ -73,6 +73,8 @@ class FrameQuality:
         self._stabilizer = TemporalStabilizer(cfg.temporal)
         self._stream: tuple | None = None
         self.reference: np.ndarray | None = None
+        self._points: SparsePoints | None = None  # of the array _points_of (kept: identity, not a reused id)
+        self._points_of: np.ndarray | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -114,14 +116,22 @@ class FrameQuality:
         model_normals: the model's optical-frame normals (three planes) or None (no normals cue; also without
         ``K``); the sparse cue uses :attr:`reference`. ``out``: the message buffer, else the estimator's."""
         normals = model_normals if K is not None else None
-        conf = self._estimator.compute(geo_depth, K, normals, self.reference, out=out)
+        points = None
+        if self.reference is not None:
+            # one reference message serves several frames, as the same array (SparseReference's cache, never
+            # written to): its returns are found once, not by a full-frame scan per frame
+            if self._points_of is not self.reference:
+                self._points, self._points_of = SparsePoints(self.reference), self.reference
+            points = self._points
+        conf = self._estimator.compute(geo_depth, K, normals, points, out=out)
         self._computed = True
         return conf
 
-    @staticmethod
-    def gate(depth: np.ndarray, confidence: np.ndarray, min_confidence: float) -> None:
-        """NaN in ``depth`` (in place) where ``confidence < min_confidence``: gone from depth and the cloud."""
-        if min_confidence > 0:
+    def gate(self, depth: np.ndarray, confidence: np.ndarray, min_confidence: float) -> None:
+        """NaN in ``depth`` (in place) where ``confidence < min_confidence``: gone from depth and the cloud.
+        ``confidence`` is the last :meth:`confidence` map (the full frame is only scanned when its grid has a
+        pixel below the threshold)."""
+        if min_confidence > 0 and self._estimator.any_below(min_confidence):
             gate_depth(depth, confidence, min_confidence, out=depth)
 
     def finish(self, cfg, align: AlignmentResult, depth_m: np.ndarray | None) -> QualitySample:

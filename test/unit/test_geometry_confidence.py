@@ -9,6 +9,7 @@ from d3_perception.geometry import backproject, cloud_from_depth, intrinsics_fro
 from d3_perception.geometry.confidence import (
     ConfidenceConfig,
     ConfidenceEstimator,
+    SparsePoints,
     gate_depth,
     summarize_confidence,
 )
@@ -204,3 +205,18 @@ def test_a_wrong_region_is_still_flagged_by_a_reference_with_outliers():
     left[:, 340:] = False
     assert np.count_nonzero(conf[right] < 0.035) / np.count_nonzero(right) > 0.95
     assert np.count_nonzero(conf[left] >= 0.035) / np.count_nonzero(left) > 0.95
+
+
+def test_sparse_points_found_once_give_the_same_map_as_the_reference_array():
+    depth, k, ref = _room_with_reference(0.05, (120, 160))
+    depth[:30, 100:] *= 1.5  # a wrong region, so the sparse cue matters
+    depth[60:70, :20] = np.nan  # invalid depth at some returns
+    points = SparsePoints(ref)
+    est = ConfidenceEstimator()
+    expected = est.compute(depth, k, sparse_m=ref).copy()
+    assert expected.min() < 0.035  # the wrong region is gated
+    for _ in range(2):  # reused across frames
+        np.testing.assert_array_equal(est.compute(depth, k, sparse_m=points), expected)
+    assert points.index.size == np.count_nonzero(np.nan_to_num(ref) > 0)
+    with pytest.raises(ValueError, match="`sparse_m` must have the shape"):
+        est.compute(depth, k, sparse_m=SparsePoints(ref[:60]))
