@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--min-confidence", type=float, default=0.035, help="gate (default 0.035: docs/confidence.md)")
+    parser.add_argument("--min-confidence", type=float, default=0.037, help="gate (default 0.037: docs/confidence.md)")
     parser.add_argument("--no-node", action="store_true", help="skip the node_overhead comparison (needs ROS msgs)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)

@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--write-prefix", default="/d3", help="namespace of the written topics (default /d3)")
     o.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     o.add_argument("--montage-frames", type=int, default=4, help="frames shown in montage.png (default 4)")
-    o.add_argument("--min-confidence", type=float, default=0.035,
-                   help="confidence gate of the flying-point calibration (default 0.035, the node's min_confidence)")
+    o.add_argument("--min-confidence", type=float, default=0.037,
+                   help="confidence gate of the flying-point calibration (default 0.037, the node's min_confidence)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.add_argument("-v", "--verbose", action="store_true")
     return p

@@ -75,7 +75,7 @@ class BagEvalConfig:
     sparse_smoothing: float = 0.8
     montage_frames: int = 4
     normals_convention: str = "optical"  # frame of the model's normals (checkpoint config)
-    min_confidence: float = 0.035  # the node's default gate, for the flying points before/after gating
+    min_confidence: float = 0.037  # the node's default gate, for the flying points before/after gating
 
     def __post_init__(self) -> None:
         if self.metric_mode not in METRIC_MODES:

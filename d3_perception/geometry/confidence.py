@@ -31,6 +31,7 @@ from d3_perception.geometry.intrinsics import check_intrinsics
 
 __all__ = [
     "COMBINE_RULES",
+    "DEFAULT_MIN_CONFIDENCE",
     "CONFIDENCE_SOURCES",
     "ConfidenceConfig",
     "ConfidenceEstimator",
@@ -44,6 +45,9 @@ COMBINE_RULES = ("geomean", "min")
 # a reference return's relative residual counts at most this much in its cell's median: beyond 100 % off it
 # says "wrong" no louder (a 0.3 m reflection in front of a 3 m wall is 900 % off)
 RESIDUAL_CAP = 1.0
+# the node's default gate (min_confidence): the largest threshold keeping >= 85 % of the points on the tuning
+# scenes of docs/confidence.md (python -m d3_perception.evaluation.confidence_study picks it)
+DEFAULT_MIN_CONFIDENCE = 0.037
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,12 @@ from typing import Any
 
 from d3_perception.backends import BACKENDS, PLUGIN_PREFIX
 from d3_perception.geometry.alignment import METRIC_MODES, MetricConfig
-from d3_perception.geometry.confidence import COMBINE_RULES, CONFIDENCE_SOURCES, ConfidenceConfig
+from d3_perception.geometry.confidence import (
+    COMBINE_RULES,
+    CONFIDENCE_SOURCES,
+    DEFAULT_MIN_CONFIDENCE,
+    ConfidenceConfig,
+)
 from d3_perception.geometry.temporal import StabilizerConfig
 
 __all__ = ["COLORMAPS", "PARAMETERS", "PER_CAMERA", "SPECS", "CameraOverrides", "NodeConfig", "ParamSpec",
@@ -121,8 +126,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     # confidence and gating (docs/confidence.md: the defaults are the measured ones)
     ParamSpec("publish_confidence", True, "publish depth/confidence (32FC1 in [0,1], 1 = trust; same size, stamp "
               "and frame as depth)"),
-    ParamSpec("min_confidence", 0.035, "pixels with a lower confidence are NaN in depth and left out of points; "
-              "0 = no gating (0.035: the largest threshold keeping >= 85 % of the points on the tuning scenes)",
+    ParamSpec("min_confidence", DEFAULT_MIN_CONFIDENCE,
+              "pixels with a lower confidence are NaN in depth and left out of points; "
+              "0 = no gating (0.037: the largest threshold keeping >= 85 % of the points on the tuning scenes)",
               min=0.0, max=1.0),
     ParamSpec("cloud_confidence", False, "add a float32 `confidence` field to points"),
     ParamSpec("confidence.sources", list(CONFIDENCE_SOURCES), "cues combined into the confidence: edges (depth "

@@ -7,6 +7,7 @@ import pytest
 
 from d3_perception.geometry import backproject, cloud_from_depth, intrinsics_from_fov, normals_from_depth
 from d3_perception.geometry.confidence import (
+    DEFAULT_MIN_CONFIDENCE,
     ConfidenceConfig,
     ConfidenceEstimator,
     SparsePoints,
@@ -190,7 +191,7 @@ def test_outlier_returns_of_the_reference_do_not_gate_a_correct_depth_map(outlie
     depth, k, ref = _room_with_reference(outlier_share, hw)
     valid = np.isfinite(depth) & (depth > 0)
     conf = ConfidenceEstimator().compute(depth, k, sparse_m=ref)
-    kept = np.count_nonzero(conf[valid] >= 0.035) / np.count_nonzero(valid)  # the node's default gate
+    kept = np.count_nonzero(conf[valid] >= DEFAULT_MIN_CONFIDENCE) / np.count_nonzero(valid)  # the node's default gate
     assert kept >= 0.95
 
 
@@ -203,8 +204,8 @@ def test_a_wrong_region_is_still_flagged_by_a_reference_with_outliers():
     right, left = valid.copy(), valid.copy()
     right[:, :460] = False  # clear of the window that straddles the boundary
     left[:, 340:] = False
-    assert np.count_nonzero(conf[right] < 0.035) / np.count_nonzero(right) > 0.95
-    assert np.count_nonzero(conf[left] >= 0.035) / np.count_nonzero(left) > 0.95
+    assert np.count_nonzero(conf[right] < DEFAULT_MIN_CONFIDENCE) / np.count_nonzero(right) > 0.95
+    assert np.count_nonzero(conf[left] >= DEFAULT_MIN_CONFIDENCE) / np.count_nonzero(left) > 0.95
 
 
 def test_sparse_points_found_once_give_the_same_map_as_the_reference_array():
@@ -214,7 +215,7 @@ def test_sparse_points_found_once_give_the_same_map_as_the_reference_array():
     points = SparsePoints(ref)
     est = ConfidenceEstimator()
     expected = est.compute(depth, k, sparse_m=ref).copy()
-    assert expected.min() < 0.035  # the wrong region is gated
+    assert expected.min() < DEFAULT_MIN_CONFIDENCE  # the wrong region is gated
     for _ in range(2):  # reused across frames
         np.testing.assert_array_equal(est.compute(depth, k, sparse_m=points), expected)
     assert points.index.size == np.count_nonzero(np.nan_to_num(ref) > 0)
