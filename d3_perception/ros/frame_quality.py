@@ -12,6 +12,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, fields
 
+import cv2
 import numpy as np
 
 from d3_perception.geometry.alignment import AlignmentResult
@@ -63,6 +64,15 @@ def quality_alarms(sample: QualitySample, cfg) -> list[str]:
             if bound > 0 and math.isfinite(value) and value > bound]
 
 
+def _every_step(rgb: np.ndarray, step: int) -> np.ndarray:
+    """``rgb[::step, ::step]`` ``[h,w,3]`` uint8, contiguous. Where ``step`` divides the size, cv2's nearest
+    resize picks exactly these pixels at a quarter of numpy's cost for a strided 3-channel copy."""
+    h, w = rgb.shape[:2]
+    if step > 1 and h % step == 0 and w % step == 0 and rgb.flags.c_contiguous:
+        return cv2.resize(rgb, (w // step, h // step), interpolation=cv2.INTER_NEAREST)
+    return np.ascontiguousarray(rgb[::step, ::step])
+
+
 class FrameQuality:
     """Per-camera state; the methods run on the worker thread, in the order :meth:`begin`, :meth:`stabilise`,
     :meth:`confidence`, :meth:`gate`, :meth:`finish`. ``reference`` is the frame's sparse metric reference
@@ -106,8 +116,7 @@ class FrameQuality:
             np.copyto(depth_m, self._stabilizer.update(depth_m, rgb))
         else:  # the estimate alone: on the confidence grid (a mean over still pixels; 1/16 of the work at 640x480)
             step = cfg.confidence.step(depth_m.shape)
-            self._stabilizer.update(np.ascontiguousarray(depth_m[::step, ::step]),
-                                    np.ascontiguousarray(rgb[::step, ::step]))
+            self._stabilizer.update(np.ascontiguousarray(depth_m[::step, ::step]), _every_step(rgb, step))
         if math.isfinite(self._stabilizer.still_flicker):  # NaN while the camera moves: skipped
             self._flicker.append(self._stabilizer.still_flicker)
 
@@ -144,7 +153,8 @@ class FrameQuality:
         if depth_m is not None and math.isfinite(align.residual_m):
             with np.errstate(invalid="ignore"):
                 sample = depth_m[::16, ::16]  # 1200 pixels at 640x480: the scene's median depth, cheaply
-                median = float(np.nanmedian(np.where(sample > 0, sample, np.nan))) if np.any(sample > 0) else 0.0
+                sample = sample[sample > 0]  # NaN compares False
+                median = float(np.median(sample)) if sample.size else 0.0
             residual_rel = align.residual_m / median if median > 0 else math.nan
         stab = cfg.temporal.blend > 0 and depth_m is not None
         return QualitySample(

@@ -17,7 +17,7 @@ from node_harness import Client, make_rgb
 
 from d3_perception.backends.chain import BackendChain
 from d3_perception.ros.diagnostics import OK, WARN, NodeState, diagnostic_array, prediction_info
-from d3_perception.ros.frame_quality import QualitySample, quality_alarms, worst
+from d3_perception.ros.frame_quality import QualitySample, _every_step, quality_alarms, worst
 from d3_perception.ros.params import config_from_values
 from d3_perception.ros.pipeline import OUTPUTS, CameraPipeline, wanted_outputs
 
@@ -187,3 +187,12 @@ def test_alarm_rules_and_worst_of_two_samples():
     assert len(quality_alarms(bad, off)) == 2
     w = worst(QualitySample(mean_confidence=0.8, scale_change=0.01), QualitySample(mean_confidence=0.3))
     assert w.mean_confidence == 0.3 and w.scale_change == 0.01 and math.isnan(w.flicker)
+
+
+@pytest.mark.parametrize(("hw", "step"), [((480, 640), 4), ((481, 641), 4), ((120, 160), 1), ((1080, 1920), 12)])
+def test_flicker_grid_sample_is_every_step_th_pixel(hw, step):
+    """The flicker estimate's image grid (cv2 where the step divides the size) is exactly rgb[::step, ::step]."""
+    rgb = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    grid = _every_step(rgb, step)
+    np.testing.assert_array_equal(grid, rgb[::step, ::step])
+    assert grid.flags.c_contiguous
