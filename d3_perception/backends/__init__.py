@@ -2,7 +2,7 @@
 
 ```python
 from d3_perception.backends import create_backend
-backend = create_backend("auto", "models/d3_tiny")        # TensorRT -> ONNX Runtime -> torch
+backend = create_backend("auto", "models/d3_tiny")        # TensorRT -> OpenVINO -> ONNX Runtime -> torch
 out = backend.predict(rgb_uint8)                           # {"depth": [N,H,W], "normals": [N,3,H,W]}
 ```
 """
@@ -18,8 +18,8 @@ __all__ = ["BACKENDS", "Backend", "BackendInfo", "BackendUnavailable", "create_b
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "openvino")
+AUTO_ORDER = ("tensorrt", "openvino", "onnxruntime", "torch")
 
 
 class BackendUnavailable(RuntimeError):
@@ -32,13 +32,16 @@ def create_backend(name: str, checkpoint: str | os.PathLike, *, device: str | No
                    tasks: tuple[str, ...] | None = None, **kwargs) -> Backend:
     """Build a backend for a checkpoint directory.
 
-    name: "torch", "onnxruntime", "tensorrt" or "auto" (TensorRT -> ONNX Runtime -> torch; each skip is
-        logged with its reason).
-    device: torch device ("cpu", "cuda", "cuda:1"); for ONNX Runtime "cpu" or "cuda" selects providers.
-    precision: "fp32", "bf16" (torch) or "fp16" (torch on CUDA, TensorRT).
+    name: "torch", "onnxruntime", "tensorrt", "openvino" or "auto" (TensorRT -> OpenVINO (x86 CPU without
+        CUDA) -> ONNX Runtime -> torch; each skip is logged with its reason).
+    device: torch device ("cpu", "cuda", "cuda:1"); for ONNX Runtime "cpu" or "cuda" selects providers; for
+        OpenVINO "cpu" or "gpu[:N]" (Intel GPU).
+    precision: "fp32", "bf16" (torch, OpenVINO CPU), "fp16" (torch on CUDA, TensorRT, OpenVINO GPU) or "int8"
+        (OpenVINO, after ``d3-export --openvino --precision int8``).
     processing_resolution: long side in pixels (multiple of 64); None = the checkpoint's value.
     cache_dir: where exported ONNX files and TensorRT engines live; None = ``<checkpoint>/.cache``.
-    onnx_path: an existing ONNX file to use instead of exporting one (ONNX Runtime, TensorRT).
+    onnx_path: an existing ONNX file to use instead of exporting one (ONNX Runtime, TensorRT, OpenVINO; for
+        OpenVINO also an IR ``.xml`` from ``d3-export --openvino``).
     tasks: subset of the checkpoint's tasks to run; None = all.
     """
     if name not in BACKENDS:
@@ -56,8 +59,22 @@ def create_backend(name: str, checkpoint: str | os.PathLike, *, device: str | No
         from d3_perception.backends.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(checkpoint, cache_dir=cache_dir, onnx_path=onnx_path, **common, **kwargs)
+    # --- openvino (issue #18) ---
+    if name == "openvino":
+        from d3_perception.backends.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(checkpoint, cache_dir=cache_dir, onnx_path=onnx_path, **common, **kwargs)
+    # --- end openvino ---
     reasons: list[str] = []
     for candidate in AUTO_ORDER:
+        if candidate == "openvino":  # issue #18: only the x86-CPU path; a skip is logged like the others
+            from d3_perception.backends.openvino_backend import auto_skip_reason
+
+            skip = auto_skip_reason(device)
+            if skip is not None:
+                reasons.append(f"{candidate}: {skip}")
+                logger.info("auto backend: skipping %s: %s", candidate, skip)
+                continue
         try:
             backend = create_backend(candidate, checkpoint, cache_dir=cache_dir, onnx_path=onnx_path,
                                      **common, **kwargs)
