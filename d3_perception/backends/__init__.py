@@ -14,12 +14,14 @@ import os
 
 from d3_perception.backends.base import Backend, BackendInfo
 
-__all__ = ["BACKENDS", "Backend", "BackendInfo", "BackendUnavailable", "create_backend"]
+__all__ = ["BACKENDS", "PRECISIONS", "Backend", "BackendInfo", "BackendUnavailable", "create_backend"]
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "openvino")
 AUTO_ORDER = ("tensorrt", "openvino", "onnxruntime", "torch")
+#: Every precision some backend accepts (each backend refuses the ones it cannot run, naming why).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 class BackendUnavailable(RuntimeError):

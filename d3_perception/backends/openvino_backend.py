@@ -138,9 +138,12 @@ def model_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def int8_model_path(cache_base: str | os.PathLike, onnx_sha256: str) -> Path:
-    """Where ``d3-export --openvino --precision int8`` puts the INT8 IR of an fp32 ONNX file by default."""
-    return Path(cache_base) / "openvino" / f"d3-{onnx_sha256[:16]}-int8.xml"
+def int8_model_path(cache_base: str | os.PathLike, checkpoint_hash: str, tasks: tuple[str, ...]) -> Path:
+    """Where ``d3-export --openvino --precision int8`` puts the INT8 IR of a checkpoint (keyed by the
+    checkpoint, not by one ONNX file, so that any fp32 export of it finds the same IR)."""
+    if not checkpoint_hash:
+        raise ValueError("`checkpoint_hash` must be non-empty (the ONNX file carries no d3_checkpoint_hash)")
+    return Path(cache_base) / "openvino" / f"d3-{checkpoint_hash}-{'+'.join(tasks)}-int8.xml"
 
 
 def read_model_config(path: str | os.PathLike):
@@ -222,7 +225,10 @@ class OpenVinoBackend(Backend):
         cache_base = base_cache if base_cache is not None else (
             default_cache_dir(checkpoint) if checkpoint.is_dir() else model_path.parent)
         if precision == "int8" and model_path.suffix != ".xml":
-            int8_path = int8_model_path(cache_base, model_sha256(model_path))
+            from d3_perception.backends.onnx_io import config_from_onnx, read_onnx_metadata
+
+            int8_path = int8_model_path(cache_base, read_onnx_metadata(model_path).get("d3_checkpoint_hash", ""),
+                                        config_from_onnx(model_path).tasks)
             if not int8_path.is_file():
                 raise ValueError("`precision` 'int8' needs a quantised model: run `d3-export "
                                  f"{checkpoint} --openvino --precision int8` first (looked for {int8_path})")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from d3_perception.backends import BACKENDS
 from d3_perception.cli_args import OneLineErrorParser, image_size, positive_float, run_cli
 
 __all__ = ["DEMO_LAUNCH_ARGUMENTS", "DemoArgument", "demo_specs", "main"]
@@ -169,7 +170,7 @@ DEMO_LAUNCH_ARGUMENTS: tuple[DemoArgument, ...] = (
     DemoArgument("namespace", "", "empty: camera in /camera, node in /d3; NS: node in /NS, camera in /NS/camera"),
     DemoArgument("checkpoint", "", "checkpoint directory; empty = bundled models/d3_demo_tiny (else the "
                  "node's default)"),
-    DemoArgument("backend", "auto", "inference backend", ("auto", "tensorrt", "onnxruntime", "torch")),
+    DemoArgument("backend", "auto", "inference backend", BACKENDS),
     DemoArgument("scene", "room", "synthetic world", ("room", "outdoor", "mixed")),
     DemoArgument("seed", "0", "scene seed"),
     DemoArgument("width", "320", "camera width in pixels"),

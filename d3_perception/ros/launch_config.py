@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from d3_perception.backends import BACKENDS
+
 __all__ = [
     "BACKEND_CHOICES",
     "LAUNCH_ARGUMENTS",
@@ -30,7 +32,7 @@ PACKAGE = "d3_perception"
 NODE_EXECUTABLE = "d3_perception_node"
 NODE_NAME = "d3_perception_node"
 NODE_MODULE = "d3_perception.ros.node"
-BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
+BACKEND_CHOICES = BACKENDS
 _NAME_TOKEN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PARAM_TYPES = (bool, int, float, str)
 

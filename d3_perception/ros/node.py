@@ -38,6 +38,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
+from d3_perception.backends import AUTO_ORDER  # runtime fallback follows the factory's auto order
 from d3_perception.geometry.alignment import AlignmentResult, MetricAligner
 from d3_perception.geometry.intrinsics import scale_intrinsics
 from d3_perception.geometry.pointcloud import RowWorkers
@@ -52,7 +53,6 @@ from d3_perception.ros.params import PARAMETERS, SPECS, NodeConfig, config_from_
 
 __all__ = ["D3PerceptionNode", "main"]
 
-AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
 SPARSE_BUFFER_LEN = 16  # sparse_depth messages kept for stamp matching (~0.5 s at 30 Hz)
 MIN_SIDE_PX = 8  # the model's minimum input side (d3_perception.model.processing.MIN_SIDE_PX)
 FRESH_WAIT_PERIODS = 1.5  # wait_for_fresh_frame: a stale frame is held at most this many periods old

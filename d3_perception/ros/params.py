@@ -9,12 +9,13 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from d3_perception.backends import BACKENDS, PRECISIONS
 from d3_perception.geometry.alignment import METRIC_MODES, MetricConfig
 
 __all__ = ["COLORMAPS", "PARAMETERS", "SPECS", "NodeConfig", "ParamSpec", "check_value", "config_from_values"]
 
 COLORMAPS = ("turbo", "inferno", "viridis", "jet", "magma", "plasma", "gray")
-BACKEND_NAMES = ("auto", "tensorrt", "onnxruntime", "torch")
+BACKEND_NAMES = BACKENDS
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     # model (read-only)
     ParamSpec("checkpoint", "", "checkpoint directory (config.json + model.safetensors); '' = bundled demo model",
               read_only=True),
-    ParamSpec("backend", "auto", "auto | tensorrt | onnxruntime | torch | python:module:callable (plugin/test "
+    ParamSpec("backend", "auto", " | ".join(BACKENDS) + " | python:module:callable (plugin/test "
               "factory called with checkpoint, device, precision, processing_resolution, cache_dir)",
               read_only=True),
-    ParamSpec("device", "", "'' = backend default; e.g. cpu, cuda:0", read_only=True),
-    ParamSpec("precision", "fp32", "fp32 | fp16 | bf16", read_only=True, choices=("fp32", "fp16", "bf16")),
+    ParamSpec("device", "", "'' = backend default; e.g. cpu, cuda:0 (openvino: cpu, gpu)", read_only=True),
+    ParamSpec("precision", "fp32", " | ".join(PRECISIONS), read_only=True, choices=PRECISIONS),
     ParamSpec("processing_resolution", 0, "long side of the network input in pixels; 0 = checkpoint value",
               read_only=True, min=0, max=4096),
     ParamSpec("engine_cache_dir", "", "TensorRT/ONNX cache directory; '' = backend default", read_only=True),
