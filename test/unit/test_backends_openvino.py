@@ -21,7 +21,7 @@ from d3_perception.model import build_random_checkpoint  # noqa: E402
 
 BUNDLED = Path(__file__).resolve().parents[2] / "models" / "d3_demo_tiny"
 THREADS = 2  # explicit: the CPU plugin would otherwise take every core of a shared machine
-QUALITY_FRAMES = 64
+QUALITY_FRAMES = 48
 
 
 def _frames(n=1, h=48, w=64, seed=0):
@@ -215,7 +215,11 @@ def test_bf16_keeps_held_out_quality_of_the_bundled_model_within_1_percent(bundl
 
 @pytest.fixture(scope="module")
 def int8_export(bundled, tmp_path_factory):
+    """``d3-export --openvino --precision int8`` on the bundled model: (exit code, summary JSON, cache, onnx)."""
     pytest.importorskip("nncf", reason="INT8 export needs nncf")
+    import contextlib
+    import io
+
     from d3_perception.export import main
 
     cache = tmp_path_factory.mktemp("int8_cache")
@@ -223,29 +227,37 @@ def int8_export(bundled, tmp_path_factory):
     argv = [str(bundled), "--output", str(onnx_out), "--exporter", "legacy", "--no-parity", "--openvino",
             "--precision", "int8", "--calibration-frames", "32", "--quality-frames", str(QUALITY_FRAMES),
             "--quality-tolerance", "0.02", "--engine-cache", str(cache), "--threads", str(THREADS)]
-    return main(argv), cache, onnx_out
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        rc = main(argv)
+    return rc, json.loads(stdout.getvalue() or "{}"), cache, onnx_out
 
 
-def test_int8_export_passes_the_gate_and_the_backend_finds_its_model(bundled, int8_export, bundled_torch_quality,
-                                                                    capsys):
-    from d3_perception.evaluation.heldout import heldout_quality, quality_change
+@pytest.mark.slow  # NNCF calibration + two held-out evaluations: ~90 s on 2 shared cores
+def test_int8_export_passes_the_gate_and_the_backend_finds_its_model(bundled, int8_export, bundled_torch_quality):
+    from d3_perception.evaluation.heldout import quality_change
 
-    rc, cache, onnx_out = int8_export
+    rc, summary, cache, onnx_out = int8_export
     assert rc == 0
-    int8 = create_backend("openvino", bundled, onnx_path=onnx_out, precision="int8", cache_dir=cache,
-                          num_threads=THREADS)
-    assert int8.model_path.suffix == ".xml" and int8.model_path.parent == cache / "openvino"
-    change = quality_change(heldout_quality(int8, QUALITY_FRAMES), bundled_torch_quality)
+    report = summary["openvino"]["quality"]
+    assert report["passed"] and report["frames"] == QUALITY_FRAMES
+    # judged against torch fp32 too (the gate's own reference is OpenVINO fp32): within the issue's 2 %
+    change = quality_change(report["candidate"], bundled_torch_quality)
     assert max(change.values()) <= 0.02, change
     assert any(v != 0 for v in change.values())  # it really is a different (quantised) model
+    int8 = create_backend("openvino", bundled, onnx_path=onnx_out, precision="int8", cache_dir=cache,
+                          num_threads=THREADS)
+    assert int8.model_path == Path(summary["openvino"]["model"]) and int8.model_path.parent == cache / "openvino"
+    assert set(int8.cache_status.values()) == {"cached"}  # compiled and cached by the export
 
 
+@pytest.mark.slow  # one NNCF quantisation: ~50 s on 2 shared cores
 def test_int8_export_refuses_a_model_beyond_a_zero_tolerance_and_writes_nothing(bundled, tmp_path, capsys):
     pytest.importorskip("nncf", reason="INT8 export needs nncf")
     from d3_perception.export import main
 
     argv = [str(bundled), "--output", str(tmp_path / "m.onnx"), "--exporter", "legacy", "--no-parity",
-            "--openvino", "--precision", "int8", "--calibration-frames", "16", "--quality-frames", "16",
+            "--openvino", "--precision", "int8", "--calibration-frames", "8", "--quality-frames", "8",
             "--quality-tolerance", "0", "--engine-cache", str(tmp_path), "--threads", str(THREADS)]
     rc = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
