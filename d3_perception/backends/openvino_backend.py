@@ -208,6 +208,11 @@ class OpenVinoBackend(Backend):
         if ov_device.split(".")[0] not in {d.split(".")[0] for d in self._core.available_devices}:
             raise BackendUnavailable(f"OpenVINO device {ov_device} is not available (have "
                                      f"{self._core.available_devices})")
+        capabilities = self._core.get_property(ov_device, "OPTIMIZATION_CAPABILITIES")
+        if precision == "bf16" and "BF16" not in capabilities:
+            # OpenVINO would silently run f32 instead: say so rather than report a precision it does not run
+            raise ValueError(f"`precision` 'bf16' needs a CPU with AVX-512 bf16 or AMX; this {ov_device} offers "
+                             f"{list(capabilities)} (use fp32 or int8)")
         checkpoint = Path(checkpoint)
         base_cache = Path(cache_dir) if cache_dir is not None else None
         if onnx_path is None and checkpoint.suffix in (".onnx", ".xml"):  # deployment from an exported file
@@ -218,6 +223,14 @@ class OpenVinoBackend(Backend):
             model_path = Path(onnx_path)
             if not model_path.is_file():
                 raise FileNotFoundError(f"`onnx_path` must be an existing .onnx or .xml file; got {str(model_path)!r}")
+            if checkpoint.is_dir() and model_path.suffix == ".onnx":
+                from d3_perception.backends.onnx_io import read_onnx_metadata
+                from d3_perception.model.config import checkpoint_hash
+
+                stored = read_onnx_metadata(model_path).get("d3_checkpoint_hash")
+                if stored and stored != checkpoint_hash(checkpoint):
+                    raise ValueError(f"`onnx_path` {model_path} must be exported from checkpoint {checkpoint}; its "
+                                     f"checkpoint hash {stored} differs (re-export it)")
         cache_base = base_cache if base_cache is not None else (
             default_cache_dir(checkpoint) if checkpoint.is_dir() else model_path.parent)
         if precision == "int8" and model_path.suffix != ".xml":

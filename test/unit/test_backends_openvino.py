@@ -107,6 +107,12 @@ def test_bad_settings_are_named(ckpt, kwargs, match):
         create_backend("openvino", ckpt, **kwargs)
 
 
+def test_onnx_file_of_another_checkpoint_is_refused(ov_backend, tmp_path):
+    other = build_random_checkpoint(tmp_path / "other", preset="tiny", seed=1)
+    with pytest.raises(ValueError, match="must be exported from checkpoint"):
+        create_backend("openvino", other, onnx_path=ov_backend.model_path, cache_dir=tmp_path)
+
+
 def test_int8_without_a_quantised_model_says_how_to_make_one(ckpt, ov_backend, tmp_path):
     with pytest.raises(ValueError, match="d3-export .* --openvino --precision int8"):
         create_backend("openvino", ckpt, onnx_path=ov_backend.model_path, precision="int8", cache_dir=tmp_path)
