@@ -241,6 +241,9 @@ def phase_openvino(a) -> dict:
         row: dict = {}
         model = onnx_path
         if precision == "int8":
+            if a.int8_calibration < 1:
+                out[precision] = {"skipped": "--int8-calibration 0"}
+                continue
             try:
                 from d3_perception.backends.openvino_export import quantize_int8
             except ImportError as err:
@@ -304,7 +307,7 @@ PHASE_ORDER = ("prepare", "peak", "torch", "torch_bf16", "ort", "openvino", "mar
 def _run_phase(name: str, a) -> dict:
     cmd = [sys.executable, __file__, "--phase", name, "--work", str(a.work), "--size", a.size,
            "--resolution", str(a.resolution), "--runs", str(a.runs), "--warmup", str(a.warmup),
-           "--threads", str(a.threads), "--int8-calibration", str(a.int8_calibration)] + (
+           "--threads", str(a.threads), "--int8-calibration", str(a.int8_calibration), "--phases", a.phases] + (
                ["--ort-variants"] if a.ort_variants else [])
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -326,7 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch and ORT intra-op threads (default 2)")
     p.add_argument("--ort-variants", action="store_true", help="also time ORT graph optimisation levels")
     p.add_argument("--int8-calibration", type=int, default=8,
-                   help="synthetic calibration frames for the OpenVINO INT8 row (default 8; speed only)")
+                   help="synthetic calibration frames for the OpenVINO INT8 row (default 8; speed only; 0 = no "
+                        "INT8 row: NNCF's statistics at SD2.1 size 384² took > 20 GiB and were killed on a 23 GiB "
+                        "machine)")
+    p.add_argument("--phases", default=",".join(PHASE_ORDER),
+                   help=f"comma-separated subset of {','.join(PHASE_ORDER)} (prepare and torch are always run: "
+                        "every ratio is against torch eager in the same run)")
     p.add_argument("--json", type=Path, default=None, help="also write the result JSON here")
     p.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--phase", choices=sorted(PHASES), default=None, help=argparse.SUPPRESS)
@@ -341,7 +349,31 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="d3_bench_") as work:
         a.work = Path(work)
-        res = {name: _run_phase(name, a) for name in PHASE_ORDER}
+        wanted = {"prepare", "torch", *a.phases.split(",")}
+        bad = wanted - set(PHASE_ORDER)
+        if bad:
+            p.error(f"--phases must name phases of {PHASE_ORDER}; got {sorted(bad)}")
+        res = {name: _run_phase(name, a) for name in PHASE_ORDER if name in wanted}
+    if wanted != set(PHASE_ORDER):  # a partial run: the speed-ups against torch eager only
+        t = res["torch"]
+        rows = {**({"torch_bf16": res["torch_bf16"]} if "torch_bf16" in res else {}),
+                **({"onnxruntime_fp32": res["ort"]} if "ort" in res else {}),
+                **{f"openvino_{k}": v for k, v in res.get("openvino", {}).items() if isinstance(v, dict)
+                   and "network" in v}}
+        m = res.get("marigold")
+        summary = {"size": a.size, "resolution": a.resolution, "threads": a.threads, "runs": a.runs,
+                   "phases_run": list(res), "torch_network_median_ms": t["network"]["median_ms"],
+                   "P1_speedup_vs_torch_eager_fp32": {k: t["network"]["median_ms"] / v["network"]["median_ms"]
+                                                      for k, v in rows.items()},
+                   "P2_ours_over_marigold": {k: v["predict_end_to_end"]["median_ms"]
+                                             / m["predict_end_to_end"]["median_ms"] for k, v in rows.items()}
+                   if m else None,
+                   "load_average_1_5_15_min_at_end": list(os.getloadavg()), "phases": res}
+        text = json.dumps(summary, indent=2)
+        print(text)
+        if a.json:
+            a.json.write_text(text + "\n")
+        return 0
     t, o, m, pk = res["torch"], res["ort"], res["marigold"], res["peak"]
     ort_gflops = t["gflop"] / (o["network"]["median_ms"] / 1e3)
     cpu_rows = {"torch_bf16": res["torch_bf16"], "onnxruntime_fp32": o,
