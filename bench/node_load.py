@@ -8,6 +8,8 @@ Targets: latency p95 <= 1.5x model time; RSS growth < 5 % from the first sample 
   .venv/bin/python bench/node_load.py --minutes 1 --outputs all     # + camera_info; cloud, normals, images out
   .venv/bin/python bench/node_load.py --minutes 1 --wait-for-fresh-frame false   # take stale frames at once
   .venv/bin/python bench/node_load.py --minutes 10 --size 640x480 --checkpoint models/d3_tiny --json p5.json
+  .venv/bin/python bench/node_load.py --minutes 0.5 --size 320x240 --checkpoint models/d3_demo_tiny \
+      --backend openvino --precision bf16        # model time per frame; compare with onnxruntime fp32
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=_size, default=(480, 640), help="WIDTHxHEIGHT (default 640x480)")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint dir; default: a tiny random one (torch)")
     parser.add_argument("--backend", default="torch")
+    parser.add_argument("--precision", default="fp32",
+                        help="the node's precision parameter (default fp32), e.g. --backend openvino --precision bf16")
     parser.add_argument("--processing-resolution", type=int, default=64)
     parser.add_argument("--warmup-s", type=float, default=10.0, help="excluded from statistics (default 10)")
     parser.add_argument("--outputs", choices=("info", "all"), default="info",
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, **ros_environment(lease.domain_id, tmp / "log")}
     os.environ.update(ros_environment(lease.domain_id, tmp / "log"))
     spec = node_command(namespace="load", checkpoint=str(ckpt), backend=args.backend, base_env=env,
-                        extra_params={"processing_resolution": args.processing_resolution,
+                        extra_params={"processing_resolution": args.processing_resolution, "precision": args.precision,
                                       "lazy_outputs": True, "metric.mode": "none",
                                       "wait_for_fresh_frame": args.wait_for_fresh_frame == "true",
                                       "fresh_frame_max_age_ratio": args.fresh_frame_max_age_ratio})
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "node_load (P5)", "machine": "2-core CPU shared with other jobs, no GPU",
         "minutes": args.minutes, "rate_hz": args.rate_hz, "size": f"{args.size[1]}x{args.size[0]}",
         "outputs_subscribed": args.outputs, "other_outputs_received": received["n"],
-        "backend": args.backend, "processing_resolution": args.processing_resolution,
+        "backend": args.backend, "precision": args.precision, "processing_resolution": args.processing_resolution,
         "wait_for_fresh_frame": args.wait_for_fresh_frame == "true",
         "fresh_frame_max_age_ratio": args.fresh_frame_max_age_ratio,
         "frames_sent": sent, "outputs": len(rows), "frames_dropped_by_node": int(rows[-1][3]) if rows else 0,
@@ -226,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1min": os.getloadavg()[0],  # the 2 cores are shared: absolute times scale with this
     }
     result["latency_p95_over_model_p50"] = result["latency_p95_ms"] / result["model_p50_ms"]
-    print(f"{args.minutes} min at {args.rate_hz} Hz, {result['size']}, {args.backend} "
+    print(f"{args.minutes} min at {args.rate_hz} Hz, {result['size']}, {args.backend} {args.precision} "
           f"(processing {args.processing_resolution}px), wait_for_fresh_frame {args.wait_for_fresh_frame} "
           f"(max age ratio {args.fresh_frame_max_age_ratio}), "
           f"outputs subscribed: {args.outputs} "

@@ -6,9 +6,12 @@ P2  our predictor (torch and ONNX Runtime backends, full pre/post-processing) vs
 P3  achieved GFLOP/s of the ONNX Runtime path (FLOPs from ``torch.utils.flop_counter`` + attention added
     analytically, CPU SDPA counts 0) vs the best measured large-convolution rate on this CPU (torch/oneDNN
     and ONNX Runtime/MLAS, the higher one).
+OpenVINO (issue #18) fp32 / bf16 / int8 and torch bf16 get the same P1/P2 rows; INT8 is quantised with NNCF on
+``--int8-calibration`` synthetic frames (speed only: random weights; quality is measured on the trained
+bundled model, docs/model.md). Max abs errors vs torch fp32 are information only (random weights).
 
 Each phase runs in its own process (clean peak RSS, no ORT/torch thread interference), phases in order
-prepare -> peak -> torch -> ort -> marigold. Times: median and p95 of ``--runs`` after ``--warmup``.
+prepare -> peak -> torch -> torch_bf16 -> ort -> openvino -> marigold. Times: median and p95 of ``--runs`` after ``--warmup``.
 
 examples:
   .venv/bin/python bench/predictor.py                       # tiny config at 128 px
@@ -200,6 +203,71 @@ def phase_ort(a) -> dict:
             "peak_rss_gib": _rss_gib()}
 
 
+def phase_torch_bf16(a) -> dict:
+    import torch
+
+    from d3_perception.backends import create_backend
+
+    _set_threads(a.threads)
+    backend = create_backend("torch", a.work / "ckpt", device="cpu", precision="bf16",
+                             processing_resolution=a.resolution)
+    x = torch.from_numpy(np.load(a.work / "input.npy")).to(torch.bfloat16)
+    ref = np.load(a.work / "torch_out.npy")
+    r = a.resolution
+    img = (np.random.default_rng(1).random((r, r, 3)) * 255).astype(np.uint8)
+    with torch.inference_mode():
+        net, first = _timeit(lambda: backend.model(x), a.runs, a.warmup)
+        out = backend.model(x)["depth"].float().numpy()
+    full, _ = _timeit(lambda: backend.predict(img), a.runs, a.warmup)
+    return {"network": net, "first_call_s": first, "predict_end_to_end": full,
+            "max_abs_error_vs_torch_fp32": float(np.abs(out - ref).max()), "peak_rss_gib": _rss_gib()}
+
+
+def phase_openvino(a) -> dict:
+    """OpenVINO fp32, bf16 and int8 through our backend (static shape, ``--threads`` inference threads)."""
+    import openvino
+
+    from d3_perception.backends import create_backend
+    from d3_perception.backends.onnx_io import OnnxSpec, onnx_cache_path
+
+    ckpt = a.work / "ckpt"
+    onnx_path = onnx_cache_path(ckpt, OnnxSpec(tasks=("depth",)))
+    x = np.load(a.work / "input.npy")
+    ref = np.load(a.work / "torch_out.npy")
+    r = a.resolution
+    img = (np.random.default_rng(1).random((r, r, 3)) * 255).astype(np.uint8)
+    out: dict = {"version": openvino.__version__}
+    for precision in ("fp32", "bf16", "int8"):
+        row: dict = {}
+        model = onnx_path
+        if precision == "int8":
+            if a.int8_calibration < 1:
+                out[precision] = {"skipped": "--int8-calibration 0"}
+                continue
+            try:
+                from d3_perception.openvino_export import quantize_int8
+            except ImportError as err:
+                out[precision] = {"skipped": str(err)}
+                continue
+            t = time.perf_counter()
+            model = quantize_int8(onnx_path, a.work / "ov" / "int8.xml", calibration_frames=a.int8_calibration)
+            row["quantize_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        backend = create_backend("openvino", ckpt, onnx_path=model, device="cpu", precision=precision,
+                                 processing_resolution=r, num_threads=a.threads, cache_dir=a.work / "ov")
+        backend.run_network(x)  # the benchmark's square shape: compiled (and cached) here
+        row["compile_s"] = time.perf_counter() - t
+        net, first = _timeit(lambda b=backend: b.run_network(x), a.runs, a.warmup)
+        got = backend.run_network(x)["depth"]
+        full, _ = _timeit(lambda b=backend: b.predict(img), a.runs, a.warmup)
+        row.update(network=net, first_call_s=first, predict_end_to_end=full,
+                   max_abs_error_vs_torch_fp32=float(np.abs(got - ref).max()))
+        out[precision] = row
+        backend.close()
+    out["peak_rss_gib"] = _rss_gib()
+    return out
+
+
 def phase_marigold(a) -> dict:
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, MarigoldDepthPipeline, UNet2DConditionModel
@@ -231,14 +299,16 @@ def phase_marigold(a) -> dict:
     return {"predict_end_to_end": full, "first_call_s": first, "peak_rss_gib": _rss_gib()}
 
 
-PHASES = {"prepare": phase_prepare, "peak": phase_peak, "torch": phase_torch, "ort": phase_ort,
-          "marigold": phase_marigold}
+PHASES = {"prepare": phase_prepare, "peak": phase_peak, "torch": phase_torch, "torch_bf16": phase_torch_bf16,
+          "ort": phase_ort, "openvino": phase_openvino, "marigold": phase_marigold}
+PHASE_ORDER = ("prepare", "peak", "torch", "torch_bf16", "ort", "openvino", "marigold")
 
 
 def _run_phase(name: str, a) -> dict:
     cmd = [sys.executable, __file__, "--phase", name, "--work", str(a.work), "--size", a.size,
            "--resolution", str(a.resolution), "--runs", str(a.runs), "--warmup", str(a.warmup),
-           "--threads", str(a.threads)] + (["--ort-variants"] if a.ort_variants else [])
+           "--threads", str(a.threads), "--int8-calibration", str(a.int8_calibration), "--phases", a.phases] + (
+               ["--ort-variants"] if a.ort_variants else [])
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
@@ -258,6 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2, help="torch and ORT intra-op threads (default 2)")
     p.add_argument("--ort-variants", action="store_true", help="also time ORT graph optimisation levels")
+    p.add_argument("--int8-calibration", type=int, default=8,
+                   help="synthetic calibration frames for the OpenVINO INT8 row (default 8; speed only; 0 = no "
+                        "INT8 row: NNCF's statistics at SD2.1 size 384² took > 20 GiB and were killed on a 23 GiB "
+                        "machine)")
+    p.add_argument("--phases", default=",".join(PHASE_ORDER),
+                   help=f"comma-separated subset of {','.join(PHASE_ORDER)} (prepare and torch are always run: "
+                        "every ratio is against torch eager in the same run)")
     p.add_argument("--json", type=Path, default=None, help="also write the result JSON here")
     p.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--phase", choices=sorted(PHASES), default=None, help=argparse.SUPPRESS)
@@ -272,22 +349,58 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="d3_bench_") as work:
         a.work = Path(work)
-        res = {name: _run_phase(name, a) for name in ("prepare", "peak", "torch", "ort", "marigold")}
+        wanted = {"prepare", "torch", *a.phases.split(",")}
+        bad = wanted - set(PHASE_ORDER)
+        if bad:
+            p.error(f"--phases must name phases of {PHASE_ORDER}; got {sorted(bad)}")
+        res = {name: _run_phase(name, a) for name in PHASE_ORDER if name in wanted}
+    if wanted != set(PHASE_ORDER):  # a partial run: the speed-ups against torch eager only
+        t = res["torch"]
+        rows = {**({"torch_bf16": res["torch_bf16"]} if "torch_bf16" in res else {}),
+                **({"onnxruntime_fp32": res["ort"]} if "ort" in res else {}),
+                **{f"openvino_{k}": v for k, v in res.get("openvino", {}).items() if isinstance(v, dict)
+                   and "network" in v}}
+        m = res.get("marigold")
+        summary = {"size": a.size, "resolution": a.resolution, "threads": a.threads, "runs": a.runs,
+                   "phases_run": list(res), "torch_network_median_ms": t["network"]["median_ms"],
+                   "P1_speedup_vs_torch_eager_fp32": {k: t["network"]["median_ms"] / v["network"]["median_ms"]
+                                                      for k, v in rows.items()},
+                   "P2_ours_over_marigold": {k: v["predict_end_to_end"]["median_ms"]
+                                             / m["predict_end_to_end"]["median_ms"] for k, v in rows.items()}
+                   if m else None,
+                   "load_average_1_5_15_min_at_end": list(os.getloadavg()), "phases": res}
+        text = json.dumps(summary, indent=2)
+        print(text)
+        if a.json:
+            a.json.write_text(text + "\n")
+        return 0
     t, o, m, pk = res["torch"], res["ort"], res["marigold"], res["peak"]
     ort_gflops = t["gflop"] / (o["network"]["median_ms"] / 1e3)
+    cpu_rows = {"torch_bf16": res["torch_bf16"], "onnxruntime_fp32": o,
+                **{f"openvino_{k}": v for k, v in res["openvino"].items() if isinstance(v, dict) and "network" in v}}
+    speedups = {k: t["network"]["median_ms"] / v["network"]["median_ms"] for k, v in cpu_rows.items()}
+    fastest = max(speedups, key=speedups.get)
     summary = {
         "machine": f"{os.cpu_count()}-core CPU, no GPU (shared with other jobs: expect noise)",
-        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                     "openvino": res["openvino"]["version"]},
         "size": a.size, "resolution": a.resolution, "threads": a.threads, "runs": a.runs,
         "P1_ort_speedup_vs_torch_eager": t["network"]["median_ms"] / o["network"]["median_ms"],
         "P1_parity_max_abs_error": o["parity_max_abs_error"],
+        "P1_speedup_vs_torch_eager_fp32": speedups,
+        "P1_fastest_cpu_backend": {"name": fastest, "speedup": speedups[fastest]},
+        "P1_max_abs_error_vs_torch_fp32_random_weights": {
+            k: v.get("max_abs_error_vs_torch_fp32", v.get("parity_max_abs_error")) for k, v in cpu_rows.items()},
         "P2_ours_torch_over_marigold": t["predict_end_to_end"]["median_ms"] / m["predict_end_to_end"]["median_ms"],
         "P2_ours_ort_over_marigold": o["predict_end_to_end"]["median_ms"] / m["predict_end_to_end"]["median_ms"],
+        "P2_ours_over_marigold": {k: v["predict_end_to_end"]["median_ms"] / m["predict_end_to_end"]["median_ms"]
+                                  for k, v in cpu_rows.items()},
         "P3_ort_gflops_per_s": ort_gflops,
         "P3_torch_gflops_per_s": t["gflop"] / (t["network"]["median_ms"] / 1e3),
         "P3_peak_conv_gflops_per_s": pk["peak_gflops_per_s"],
         "P3_ort_fraction_of_peak": ort_gflops / pk["peak_gflops_per_s"],
-        "peak_rss_gib": {k: res[k]["peak_rss_gib"] for k in ("torch", "ort", "marigold")},
+        "peak_rss_gib": {k: res[k]["peak_rss_gib"] for k in ("torch", "torch_bf16", "ort", "openvino", "marigold")},
+        "load_average_1_5_15_min_at_end": list(os.getloadavg()),
         "phases": res,
     }
     text = json.dumps(summary, indent=2)

@@ -1,4 +1,4 @@
-"""``d3-export``: checkpoint -> ONNX (parity-checked against torch) -> optional TensorRT engine.
+"""``d3-export``: checkpoint -> ONNX (parity-checked against torch) -> optional TensorRT engine / OpenVINO model.
 
 Library functions: :func:`export_onnx` (re-exported from :mod:`d3_perception.backends.onnx_io`),
 :func:`parity_report`, :func:`build_tensorrt_engine`; the CLI is :func:`main`.
@@ -30,6 +30,8 @@ EPILOG = """examples:
   d3-export models/d3_tiny --output depth_576x768.onnx --height 576 --width 768 --tasks depth
   # on a GPU machine (e.g. Jetson): also build a validated FP16 TensorRT engine into a cache directory
   d3-export models/d3_sd21 --output d3.onnx --tensorrt --precision fp16 --resolution 512 --engine-cache engines/
+  # x86 CPU: NNCF INT8 model (64 synthetic calibration frames), refused if held-out quality drops > 2 %
+  d3-export models/d3_demo_tiny --openvino --precision int8 --calibration-frames 64 --quality-tolerance 0.02
 """
 
 
@@ -111,14 +113,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--parity-json", type=Path, default=None,
                    help="where to save the parity report (default: <output>.parity.json)")
     p.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (needs an NVIDIA GPU)")
-    p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16", help="TensorRT precision")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"), default=None,
+                   help="TensorRT: fp16 (default) or fp32; OpenVINO: fp32 (default), bf16 or int8")
     p.add_argument("--resolution", type=int, default=None,
                    help="TensorRT profile: long side in px (default: the checkpoint's processing_resolution)")
     p.add_argument("--max-batch", type=int, default=1, help="TensorRT profile: largest batch (default 1)")
     p.add_argument("--engine-cache", type=Path, default=None,
-                   help="TensorRT engine cache directory (default: <checkpoint>/.cache/tensorrt)")
+                   help="TensorRT engine / OpenVINO model cache directory (default: <checkpoint>/.cache/{tensorrt,openvino})")
     p.add_argument("--fp16-tolerance", type=float, default=0.05,
                    help="FP16 engine vs FP32 ONNX Runtime: max abs error accepted on the probe (default 0.05)")
+    # --- OpenVINO (issue #18) ---
+    ov = p.add_argument_group("OpenVINO (x86 CPU; int8 needs nncf)")
+    ov.add_argument("--openvino", action="store_true",
+                    help="compile and cache an OpenVINO model (fp32/bf16) or quantise one with NNCF (int8); bf16 "
+                         "and int8 must pass the held-out quality check against fp32")
+    ov.add_argument("--calibration-frames", type=int, default=64,
+                    help="int8: synthetic calibration frames for NNCF (default 64)")
+    ov.add_argument("--quality-frames", type=int, default=100,
+                    help="bf16/int8: held-out synthetic frames of the quality check (default 100)")
+    ov.add_argument("--quality-tolerance", type=float, default=0.02,
+                    help="bf16/int8: largest relative degradation of AbsRel, delta1 or normals angle vs fp32 "
+                         "(default 0.02 = 2 %%); worse models are refused and not written")
+    ov.add_argument("--threads", type=int, default=None, help="OpenVINO inference threads (default: all cores)")
+    # --- end OpenVINO ---
     p.add_argument("--verbose", "-v", action="store_true", help="log progress at INFO level")
     return p
 
@@ -140,7 +157,9 @@ def _run(args: argparse.Namespace) -> int:
     if (args.height is None) != (args.width is None):
         raise ValueError(f"`--height` and `--width` must be given together; got {args.height}, {args.width}")
     hw = (args.height, args.width) if args.height is not None else None
-    steps = ["load", "export", *([] if args.no_parity else ["parity"]), *(["tensorrt"] if args.tensorrt else [])]
+    _check_precision(args)
+    steps = ["load", "export", *([] if args.no_parity else ["parity"]), *(["tensorrt"] if args.tensorrt else []),
+             *(["openvino"] if args.openvino else [])]
     summary: dict[str, Any] = {}
     with tqdm(total=len(steps), desc="d3-export", unit="step", file=sys.stderr) as bar:
         bar.set_postfix_str("loading checkpoint")
@@ -176,8 +195,46 @@ def _run(args: argparse.Namespace) -> int:
             except BackendUnavailable as err:
                 raise RuntimeError(f"TensorRT engine not built: {err}") from None
             bar.update()
+        if args.openvino:
+            bar.set_postfix_str(f"OpenVINO {args.openvino_precision}")
+            summary["openvino"] = _openvino_step(args, out)
+            bar.update()
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _check_precision(args: argparse.Namespace) -> None:
+    """Per-target precision defaults and limits, checked before the (slow) export starts."""
+    if args.openvino:
+        args.openvino_precision = args.precision or "fp32"
+        if args.openvino_precision not in ("fp32", "bf16", "int8"):
+            raise ValueError(f"`--precision` must be fp32, bf16 or int8 with --openvino; got {args.precision}")
+        if args.openvino_precision == "int8":
+            from d3_perception.openvino_export import _require_nncf
+
+            _require_nncf()
+        if args.tensorrt and args.precision is not None:
+            raise ValueError("`--precision` must apply to one target: give --tensorrt and --openvino separately")
+    if args.tensorrt:
+        args.precision = args.precision or "fp16"
+        if args.precision not in ("fp16", "fp32"):
+            raise ValueError(f"`--precision` must be fp16 or fp32 with --tensorrt; got {args.precision}")
+
+
+def _openvino_step(args: argparse.Namespace, onnx_path: Path) -> dict[str, Any]:
+    from d3_perception.backends import BackendUnavailable
+    from d3_perception.openvino_export import QualityRejected, export_openvino
+
+    try:
+        return export_openvino(args.checkpoint, onnx_path, precision=args.openvino_precision,
+                               cache_dir=args.engine_cache, calibration_frames=args.calibration_frames,
+                               quality_frames=args.quality_frames, tolerance=args.quality_tolerance,
+                               num_threads=args.threads)
+    except BackendUnavailable as err:
+        raise RuntimeError(f"OpenVINO model not built: {err}") from None
+    except QualityRejected as err:
+        raise RuntimeError(f"{err}; nothing written (raise --quality-tolerance or add --calibration-frames)"
+                           ) from None
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from d3_perception.backends import BACKENDS, PRECISIONS
+
 __all__ = ["IMAGE_SUFFIXES", "collect_inputs", "main", "save_outputs"]
 
 logger = logging.getLogger(__name__)
@@ -170,10 +172,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="checkpoint directory (or exported .onnx); default: the bundled demo model "
                         "models/d3_demo_tiny (trained on synthetic scenes only)")
     p.add_argument("--output", "-o", type=Path, required=True, help="output folder (created)")
-    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto",
-                   help="inference backend (default auto: TensorRT -> ONNX Runtime -> torch)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="inference backend (default auto: TensorRT -> OpenVINO -> ONNX Runtime -> torch)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: best available)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="default fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="default fp32")
     p.add_argument("--resolution", type=int, default=None,
                    help="processing resolution, long side in px, multiple of 64 (default: the checkpoint's)")
     p.add_argument("--tasks", nargs="+", choices=("depth", "normals"), default=None,

@@ -2,7 +2,7 @@
 
 ```python
 from d3_perception.backends import create_backend
-backend = create_backend("auto", "models/d3_tiny")        # TensorRT -> ONNX Runtime -> torch
+backend = create_backend("auto", "models/d3_tiny")        # TensorRT -> OpenVINO -> ONNX Runtime -> torch
 out = backend.predict(rgb_uint8)                           # {"depth": [N,H,W], "normals": [N,3,H,W]}
 ```
 This module is the one place that creates backends (built-in names, ``auto``, ``python:module:callable``
@@ -21,14 +21,16 @@ from pathlib import Path
 
 from d3_perception.backends.base import Backend, BackendInfo
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "PLUGIN_PREFIX", "Backend", "BackendInfo", "BackendUnavailable",
+__all__ = ["AUTO_ORDER", "BACKENDS", "PLUGIN_PREFIX", "PRECISIONS", "Backend", "BackendInfo", "BackendUnavailable",
            "create_backend", "fallback_names", "normals_convention"]
 
 logger = logging.getLogger(__name__)
 
-AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")  # what "auto" tries, fastest first
+AUTO_ORDER = ("tensorrt", "openvino", "onnxruntime", "torch")  # what "auto" tries, fastest first
 BACKENDS = ("auto", *AUTO_ORDER)  # the built-in backend names (the one list: node parameters, launch, CLIs)
 PLUGIN_PREFIX = "python:"  # "python:module:callable": a plugin (or test) factory called like create_backend
+#: Every precision some backend accepts (each backend refuses the ones it cannot run, naming why).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 class BackendUnavailable(RuntimeError):
@@ -41,14 +43,18 @@ def create_backend(name: str, checkpoint: str | os.PathLike, *, device: str | No
                    tasks: tuple[str, ...] | None = None, **kwargs) -> Backend:
     """Build a backend for a checkpoint directory.
 
-    name: "torch", "onnxruntime", "tensorrt" or "auto" (TensorRT -> ONNX Runtime -> torch; each skip is
-        logged with its reason), or "python:module:callable": ``callable(checkpoint=, device=, precision=,
-        processing_resolution=, cache_dir=, ...)`` returning a :class:`Backend` (plugins, test backends).
-    device: torch device ("cpu", "cuda", "cuda:1"); for ONNX Runtime "cpu" or "cuda" selects providers.
-    precision: "fp32", "bf16" (torch) or "fp16" (torch on CUDA, TensorRT).
+    name: "torch", "onnxruntime", "tensorrt", "openvino" or "auto" (TensorRT -> OpenVINO (x86 CPU without
+        CUDA) -> ONNX Runtime -> torch; each skip is logged with its reason), or "python:module:callable":
+        ``callable(checkpoint=, device=, precision=, processing_resolution=, cache_dir=, ...)`` returning a
+        :class:`Backend` (plugins, test backends).
+    device: torch device ("cpu", "cuda", "cuda:1"); for ONNX Runtime "cpu" or "cuda" selects providers; for
+        OpenVINO "cpu" or "gpu[:N]" (Intel GPU).
+    precision: "fp32", "bf16" (torch, OpenVINO CPU), "fp16" (torch on CUDA, TensorRT, OpenVINO GPU) or "int8"
+        (OpenVINO, after ``d3-export --openvino --precision int8``).
     processing_resolution: long side in pixels (multiple of 64); None = the checkpoint's value.
     cache_dir: where exported ONNX files and TensorRT engines live; None = ``<checkpoint>/.cache``.
-    onnx_path: an existing ONNX file to use instead of exporting one (ONNX Runtime, TensorRT).
+    onnx_path: an existing ONNX file to use instead of exporting one (ONNX Runtime, TensorRT, OpenVINO; for
+        OpenVINO also an IR ``.xml`` from ``d3-export --openvino``).
     tasks: subset of the checkpoint's tasks to run; None = all.
     """
     if isinstance(name, str) and name.startswith(PLUGIN_PREFIX):
@@ -69,8 +75,20 @@ def create_backend(name: str, checkpoint: str | os.PathLike, *, device: str | No
         from d3_perception.backends.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(checkpoint, cache_dir=cache_dir, onnx_path=onnx_path, **common, **kwargs)
+    if name == "openvino":
+        from d3_perception.backends.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(checkpoint, cache_dir=cache_dir, onnx_path=onnx_path, **common, **kwargs)
     reasons: list[str] = []
     for candidate in AUTO_ORDER:
+        if candidate == "openvino":  # only the x86-CPU path; a skip is logged like the others
+            from d3_perception.backends.openvino_backend import auto_skip_reason
+
+            skip = auto_skip_reason(device)
+            if skip is not None:
+                reasons.append(f"{candidate}: {skip}")
+                logger.info("auto backend: skipping %s: %s", candidate, skip)
+                continue
         try:
             backend = create_backend(candidate, checkpoint, cache_dir=cache_dir, onnx_path=onnx_path,
                                      **common, **kwargs)

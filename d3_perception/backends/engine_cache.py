@@ -163,14 +163,19 @@ def validate_outputs(candidate: dict[str, np.ndarray], reference: dict[str, np.n
 
 
 class EngineCache:
-    """Directory of serialized engines, each with its key JSON beside it."""
+    """Directory of serialized engines, each with its key JSON beside it.
 
-    def __init__(self, cache_dir: str | os.PathLike) -> None:
+    ``key`` may be any frozen dataclass with ``to_dict``, ``from_dict`` and ``digest`` (:class:`EngineKey` for
+    TensorRT plans, ``OpenVinoKey`` for OpenVINO compiled-model blobs); ``suffix`` names the payload files.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, suffix: str = ".engine") -> None:
         self.cache_dir = Path(cache_dir)
+        self.suffix = suffix
 
     def paths(self, key: EngineKey) -> tuple[Path, Path]:
         stem = self.cache_dir / f"d3-{key.digest()}"
-        return stem.with_suffix(".engine"), stem.with_suffix(".json")
+        return stem.with_suffix(self.suffix), stem.with_suffix(".json")
 
     def load(self, key: EngineKey) -> bytes | None:
         """The cached plan for ``key``, or None (with the reason logged) if absent, mismatched or corrupt."""
@@ -180,7 +185,7 @@ class EngineCache:
             return None
         try:
             meta = json.loads(key_path.read_text())
-            stored = EngineKey.from_dict(meta["key"])
+            stored = type(key).from_dict(meta["key"])
         except (OSError, ValueError, KeyError, TypeError) as err:
             logger.warning("engine cache: unreadable key file %s (%s); rebuilding", key_path, err)
             return None
@@ -218,7 +223,7 @@ class EngineCache:
                 return deserialize(data), "cached"
             except Exception as err:  # noqa: BLE001 - any deserialisation failure means "do not use"
                 logger.warning("engine cache: %s failed to deserialize (%s); rebuilding", self.paths(key)[0], err)
-        logger.info("building engine %s (%s, profile %s)", key.digest(), key.precision, key.profile)
+        logger.info("building engine %s (%s)", key.digest(), key)
         data = build()
         if not data:
             raise EngineRejected("the engine builder returned no plan")

@@ -9,6 +9,7 @@ import math
 import sys
 from pathlib import Path
 
+from d3_perception.backends import BACKENDS, PRECISIONS
 from d3_perception.cli_args import run_cli
 
 __all__ = ["build_parser", "main"]
@@ -53,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", default=None, help="checkpoint directory (default, unless --pred-topic: the bundled demo "
                    "model models/d3_demo_tiny)")
-    g.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
+    g.add_argument("--backend", default="auto", choices=BACKENDS)
     g.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: the backend's choice)")
-    g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    g.add_argument("--precision", default="fp32", choices=PRECISIONS)
     g.add_argument("--resolution", type=int, default=None, help="processing resolution (long side, px); default: checkpoint")
     g.add_argument("--batch-size", type=int, default=1, help="frames per model call (default 1)")
     t = p.add_argument_group("topics (auto-detected when omitted; ambiguous choices are listed)")

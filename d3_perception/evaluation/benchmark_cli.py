@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from d3_perception.backends import BACKENDS, PRECISIONS
 from d3_perception.cli_args import run_cli
 
 __all__ = ["PUBLISHED_PATH", "build_parser", "evaluate_dataset", "main", "render_markdown"]
@@ -61,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", default=None,
                    help="processing resolution, long side px (multiple of 64), or `protocol` for each set's value in "
                         "config/eval (Marigold/DSINE); default: the checkpoint's")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--device", default=None)
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--alignment", default=None, choices=("depth", "disparity"),
                    help="override the alignment space of the depth protocol (default: depth, as Marigold)")
     p.add_argument("--out", default="eval_benchmark", help="output folder (default ./eval_benchmark)")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from d3_perception.backends import BACKENDS, PLUGIN_PREFIX
+from d3_perception.backends import BACKENDS, PLUGIN_PREFIX, PRECISIONS
 from d3_perception.geometry.alignment import METRIC_MODES, MetricConfig
 from d3_perception.geometry.confidence import (
     COMBINE_RULES,
@@ -44,11 +44,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     # model (read-only)
     ParamSpec("checkpoint", "", "checkpoint directory (config.json + model.safetensors); '' = bundled demo model",
               read_only=True),
-    ParamSpec("backend", "auto", "auto | tensorrt | onnxruntime | torch | python:module:callable (plugin/test "
+    ParamSpec("backend", "auto", " | ".join(BACKENDS) + " | python:module:callable (plugin/test "
               "factory called with checkpoint, device, precision, processing_resolution, cache_dir)",
               read_only=True),
-    ParamSpec("device", "", "'' = backend default; e.g. cpu, cuda:0", read_only=True),
-    ParamSpec("precision", "fp32", "fp32 | fp16 | bf16", read_only=True, choices=("fp32", "fp16", "bf16")),
+    ParamSpec("device", "", "'' = backend default; e.g. cpu, cuda:0 (openvino: cpu, gpu)", read_only=True),
+    ParamSpec("precision", "fp32", " | ".join(PRECISIONS), read_only=True, choices=PRECISIONS),
     ParamSpec("processing_resolution", 0, "long side of the network input in pixels; 0 = checkpoint value",
               read_only=True, min=0, max=4096),
     ParamSpec("engine_cache_dir", "", "TensorRT/ONNX cache directory; '' = backend default", read_only=True),

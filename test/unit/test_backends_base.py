@@ -85,7 +85,9 @@ def test_backend_names_and_auto_order_have_one_owner():
 
     assert BACKENDS == ("auto", *AUTO_ORDER) and BACKEND_CHOICES == BACKENDS
     assert all(check_value(SPECS["backend"], name) is None for name in BACKENDS)
-    assert fallback_names("tensorrt") == ["onnxruntime", "torch"]
+    assert AUTO_ORDER == ("tensorrt", "openvino", "onnxruntime", "torch")
+    assert fallback_names("tensorrt") == ["openvino", "onnxruntime", "torch"]
+    assert fallback_names("openvino") == ["onnxruntime", "torch"]
     assert fallback_names("torch") == []
     assert fallback_names("python:x:y") == list(AUTO_ORDER)
     assert fallback_names("torch", ["onnxruntime"]) == ["onnxruntime"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -93,15 +94,16 @@ def test_onnx_file_of_another_checkpoint_is_refused(ort_backend, tmp_path):
         create_backend("onnxruntime", other, onnx_path=ort_backend.onnx_path)
 
 
-def test_auto_picks_onnxruntime_when_tensorrt_is_absent(ckpt, ort_backend, caplog):
+def test_auto_picks_onnxruntime_when_tensorrt_and_openvino_are_absent(ckpt, ort_backend, caplog, monkeypatch):
     from d3_perception.backends.tensorrt_backend import tensorrt_unavailable_reason
 
     if tensorrt_unavailable_reason() is None:
         pytest.skip("TensorRT is usable here: auto picks it")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # OpenVINO would come first on an x86 CPU
     with caplog.at_level(logging.INFO, logger="d3_perception.backends"):
         backend = create_backend("auto", ckpt, processing_resolution=64, exporter="legacy")
     assert backend.info.name == "onnxruntime"
-    assert "skipping tensorrt" in caplog.text
+    assert "skipping tensorrt" in caplog.text and "skipping openvino" in caplog.text
 
 
 def test_cpu_provider_refuses_half_precision(ckpt):

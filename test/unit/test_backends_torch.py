@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -67,13 +68,15 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         create_backend("torch", tmp_path / "nope")
 
 
-def test_auto_falls_back_with_logged_reasons_when_settings_exclude_faster_backends(ckpt, caplog):
-    # bf16 is a torch-only precision here: auto must skip TensorRT (absent) and ONNX Runtime (no bf16)
+def test_auto_falls_back_with_logged_reasons_when_settings_exclude_faster_backends(ckpt, caplog, monkeypatch):
+    # bf16 without OpenVINO is a torch-only precision here: auto must skip TensorRT (absent), OpenVINO
+    # (simulated absent) and ONNX Runtime (no bf16)
+    monkeypatch.setitem(sys.modules, "openvino", None)
     with caplog.at_level(logging.INFO, logger="d3_perception.backends"):
         backend = create_backend("auto", ckpt, precision="bf16", processing_resolution=64)
     assert backend.info.name == "torch"
     text = caplog.text
-    assert "skipping tensorrt" in text and "skipping onnxruntime" in text
+    assert "skipping tensorrt" in text and "skipping openvino" in text and "skipping onnxruntime" in text
 
 
 @pytest.mark.gpu

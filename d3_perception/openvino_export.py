@@ -1,0 +1,171 @@
+"""OpenVINO export for ``d3-export --openvino``: NNCF INT8 post-training quantisation with synthetic-world
+calibration frames, and the quality gate every reduced precision passes before it is kept.
+
+The gate scores the candidate and the fp32 model (both through ``create_backend("openvino", ...)``, i.e. exactly what
+the node runs) on held-out synthetic frames and refuses the candidate when AbsRel, δ1 or the mean normal
+angle degrade by more than ``tolerance`` (relative). A refused INT8 model is never written to its final
+place. NNCF is only needed here (``pip install 'd3_perception[openvino-int8]'``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["NNCF_INSTALL_HINT", "QualityRejected", "export_openvino", "quality_gate", "quantize_int8"]
+
+logger = logging.getLogger(__name__)
+
+NNCF_INSTALL_HINT = "pip install 'd3_perception[openvino-int8]' (or: pip install nncf)"
+DEFAULT_CALIBRATION_FRAMES = 64
+DEFAULT_QUALITY_FRAMES = 100
+DEFAULT_QUALITY_TOLERANCE = 0.02  # relative; the issue's INT8 budget (bf16 stays far below it)
+
+
+class QualityRejected(RuntimeError):
+    """A reduced-precision model degraded held-out quality by more than the tolerance; it was not kept."""
+
+
+def _require_nncf():
+    try:
+        import nncf
+    except ImportError:
+        raise RuntimeError(f"INT8 export needs NNCF, which is not installed: {NNCF_INSTALL_HINT}") from None
+    return nncf
+
+
+def calibration_inputs(config, num_frames: int, seed: int | None = None) -> list[np.ndarray]:
+    """Network inputs ``[1,3,h,w]`` float32 (the backends' own pre-processing) of synthetic rooms disjoint from
+    the held-out ones, rendered at 3:4 with the long side at the processing resolution."""
+    from d3_perception.evaluation.heldout import CALIBRATION_SEED, synthetic_frames
+    from d3_perception.model.processing import preprocess
+
+    res = config.processing_resolution
+    hw = (max(8, res * 3 // 4), res)
+    frames = synthetic_frames(num_frames, hw, CALIBRATION_SEED if seed is None else seed)
+    return [preprocess(f.rgb[None], res, config.input_range)[0] for f in frames]
+
+
+def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *,
+                  calibration_frames: int = DEFAULT_CALIBRATION_FRAMES, seed: int | None = None) -> Path:
+    """NNCF post-training INT8 quantisation of an fp32 ONNX export -> OpenVINO IR ``out_path`` (.xml + .bin),
+    written atomically, carrying the d3 config, checkpoint hash and tasks in its ``rt_info``."""
+    nncf = _require_nncf()
+    import openvino as ov
+
+    from d3_perception.backends.onnx_io import _quiet_stdout, config_from_onnx, read_onnx_metadata
+
+    if isinstance(calibration_frames, bool) or not isinstance(calibration_frames, int) or calibration_frames < 1:
+        raise ValueError(f"`calibration_frames` must be an integer >= 1; got {calibration_frames!r}")
+    out_path = Path(out_path)
+    if out_path.suffix != ".xml":
+        raise ValueError(f"`out_path` must end in .xml (OpenVINO IR); got {str(out_path)!r}")
+    config = config_from_onnx(onnx_path)
+    meta = read_onnx_metadata(onnx_path)
+    model = ov.Core().read_model(str(onnx_path))
+    inputs = calibration_inputs(config, calibration_frames, seed)
+    logger.info("NNCF INT8 quantisation of %s on %d synthetic calibration frames", onnx_path, len(inputs))
+    # MIXED: symmetric weights, asymmetric activations (SiLU/GroupNorm outputs are far from zero-centred).
+    with _quiet_stdout():  # NNCF draws progress bars on stdout, where d3-export prints its JSON summary
+        quantized = nncf.quantize(model, nncf.Dataset(inputs), preset=nncf.QuantizationPreset.MIXED,
+                                  subset_size=len(inputs))
+    quantized.set_rt_info(json.dumps(config.to_dict()), ["d3", "config"])
+    quantized.set_rt_info(meta.get("d3_checkpoint_hash", ""), ["d3", "checkpoint_hash"])
+    quantized.set_rt_info(",".join(config.tasks), ["d3", "tasks"])
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".ov-int8-", dir=out_path.parent))
+    try:
+        ov.save_model(quantized, str(tmp_dir / out_path.name), compress_to_fp16=False)
+        # .bin first, .xml last: a reader that finds the .xml finds its weights
+        os.replace(tmp_dir / out_path.with_suffix(".bin").name, out_path.with_suffix(".bin"))
+        os.replace(tmp_dir / out_path.name, out_path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out_path
+
+
+def quality_gate(candidate, reference, *, num_frames: int = DEFAULT_QUALITY_FRAMES,
+                 tolerance: float = DEFAULT_QUALITY_TOLERANCE, hw: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Held-out quality of two backends and the relative change; raises :class:`QualityRejected` when a
+    metric degrades by more than ``tolerance``. ``hw``: frame size (default square at the processing
+    resolution: 64x64 for the bundled model, as in its quality.json)."""
+    from d3_perception.evaluation.heldout import heldout_quality, quality_change
+
+    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"`tolerance` must be a finite number >= 0; got {tolerance!r}")
+    res = reference.info.processing_resolution
+    hw = hw or (res, res)
+    ref_q = heldout_quality(reference, num_frames, hw)
+    cand_q = heldout_quality(candidate, num_frames, hw)
+    change = quality_change(cand_q, ref_q)
+    worst_key = max(change, key=change.get) if change else None
+    report = {"frames": num_frames, "frame_hw": list(hw), "reference": ref_q, "candidate": cand_q,
+              "relative_degradation": change, "tolerance": tolerance,
+              "passed": worst_key is None or change[worst_key] <= tolerance}
+    if not report["passed"]:
+        raise QualityRejected(f"{candidate.info.precision} model refused: {worst_key} degrades by "
+                              f"{100 * change[worst_key]:.2f} % on {num_frames} held-out frames (tolerance "
+                              f"{100 * tolerance:.2f} %)")
+    return report
+
+
+def export_openvino(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, *, precision: str = "fp32",
+                    cache_dir: str | os.PathLike | None = None, calibration_frames: int = DEFAULT_CALIBRATION_FRAMES,
+                    quality_frames: int = DEFAULT_QUALITY_FRAMES, tolerance: float = DEFAULT_QUALITY_TOLERANCE,
+                    num_threads: int | None = None) -> dict[str, Any]:
+    """``d3-export --openvino``: compile (and cache) the model at ``precision``; for int8 first quantise it.
+
+    bf16 / int8 pass :func:`quality_gate` against fp32 before they are kept; a refused INT8 IR is deleted.
+    Returns a JSON-ready summary (model file, compiled-model cache status, quality report).
+    """
+    from d3_perception.backends import create_backend
+    from d3_perception.backends.onnx_io import config_from_onnx, default_cache_dir, read_onnx_metadata
+    from d3_perception.backends.openvino_backend import int8_model_path
+
+    if precision not in ("fp32", "bf16", "int8"):
+        raise ValueError(f"`precision` must be fp32, bf16 or int8 for --openvino; got {precision!r}")
+    if precision == "int8":
+        _require_nncf()  # fail before any work
+    checkpoint, onnx_path = Path(checkpoint), Path(onnx_path)
+    cache_base = Path(cache_dir) if cache_dir is not None else (
+        default_cache_dir(checkpoint) if checkpoint.is_dir() else onnx_path.parent)
+    common = dict(cache_dir=cache_base, num_threads=num_threads)
+    summary: dict[str, Any] = {"precision": precision}
+    if precision == "fp32":
+        backend = create_backend("openvino", checkpoint, onnx_path=onnx_path, precision="fp32", **common)
+        summary.update(model=str(backend.model_path), cache=_status(backend))
+        return summary
+    reference = create_backend("openvino", checkpoint, onnx_path=onnx_path, precision="fp32", **common)
+    if precision == "bf16":
+        candidate = create_backend("openvino", checkpoint, onnx_path=onnx_path, precision="bf16", **common)
+        summary.update(model=str(candidate.model_path), cache=_status(candidate))
+        summary["quality"] = quality_gate(candidate, reference, num_frames=quality_frames, tolerance=tolerance)
+        return summary
+    final = int8_model_path(cache_base, read_onnx_metadata(onnx_path).get("d3_checkpoint_hash", ""),
+                            config_from_onnx(onnx_path).tasks)
+    staging = Path(tempfile.mkdtemp(prefix=".ov-int8-candidate-", dir=cache_base))
+    try:
+        candidate_path = quantize_int8(onnx_path, staging / final.name, calibration_frames=calibration_frames)
+        candidate = create_backend("openvino", candidate_path, precision="int8", cache_dir=staging, num_threads=num_threads)
+        summary["quality"] = quality_gate(candidate, reference, num_frames=quality_frames, tolerance=tolerance)
+        candidate.close()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(candidate_path.with_suffix(".bin"), final.with_suffix(".bin"))
+        os.replace(candidate_path, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    backend = create_backend("openvino", checkpoint, onnx_path=onnx_path, precision="int8", **common)  # compiled + cached
+    summary.update(model=str(final), calibration_frames=calibration_frames, cache=_status(backend))
+    return summary
+
+
+def _status(backend) -> dict[str, str]:
+    return {"x".join(str(v) for v in shape): status for shape, status in backend.cache_status.items()}
