@@ -294,7 +294,7 @@ def converted(request, tmp_path_factory, base, student):
     return request.param, tmp / "out"
 
 
-@pytest.mark.parametrize("backend_name", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("backend_name", ["torch", "onnxruntime", "openvino"])
 def test_non_square_frame_through_a_converted_checkpoint_matches_the_official_squash(converted, backend_name,
                                                                                    tmp_path):
     from d3_perception.backends import create_backend
@@ -302,7 +302,9 @@ def test_non_square_frame_through_a_converted_checkpoint_matches_the_official_sq
     task, ckpt = converted
     rgb = (np.random.default_rng(3).random((512, 768, 3)) * 255).astype(np.uint8)  # H=512, W=768
     expected = _reference_squash(load_pretrained(ckpt), rgb, task, side=128)
-    options = {"exporter": "legacy", "cache_dir": tmp_path} if backend_name == "onnxruntime" else {}
+    if backend_name == "openvino":
+        pytest.importorskip("openvino")
+    options = {"exporter": "legacy", "cache_dir": tmp_path} if backend_name != "torch" else {}
     backend = create_backend(backend_name, ckpt, device="cpu", **options)
     got = backend.predict(rgb)[task][0]
     assert got.shape == expected.shape
