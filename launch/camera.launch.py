@@ -1,4 +1,4 @@
-"""ros2 launch d3_perception camera.launch.py [namespace:=cam] [checkpoint:=DIR] [backend:=auto] ...
+"""ros2 launch d3_perception camera.launch.py [namespace:=cam] [checkpoint:=DIR] [backend:=auto] [precision:=bf16] ...
 
 Thin on purpose: the arguments come from ``LAUNCH_ARGUMENTS`` and are mapped to the node's parameters,
 remaps and environment by ``d3_perception.ros.launch_config.node_command`` (unit-tested, and also used by
@@ -25,6 +25,7 @@ def _specs(value: dict[str, str]):
         use_sim_time=value["use_sim_time"],
         sparse_depth=value["sparse_depth"],
         cameras=value["cameras"],
+        precision=value["precision"],
     )
     return [node], node, value["rviz_frame"]
 

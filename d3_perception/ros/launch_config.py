@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from d3_perception.backends import BACKENDS, PLUGIN_PREFIX
+from d3_perception.backends import BACKENDS, PLUGIN_PREFIX, PRECISIONS
 
 __all__ = [
     "BACKEND_CHOICES",
@@ -63,6 +63,9 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
                    "empty = the value in params_file"),
     LaunchArgument("backend", "", "inference backend; empty = the value in params_file",
                    ("", *BACKEND_CHOICES)),
+    LaunchArgument("precision", "", "inference precision: fp32, bf16 (x86 CPU: openvino, torch), fp16 (GPU: "
+                   "tensorrt, torch on CUDA) or int8 (openvino, after d3-export --openvino --precision int8); "
+                   "empty = the value in params_file", ("", *PRECISIONS)),
     LaunchArgument("cameras", "", "comma-separated camera names (front,left,right): one node, one batched model; "
                    "each camera N reads N/image, N/camera_info, N/sparse_depth and publishes N/depth, ..., N/points "
                    "in the namespace (remap them per camera: docs/node.md); empty = one camera"),
@@ -162,6 +165,7 @@ def node_command(
     *,
     sparse_depth: str = "sparse_depth",
     cameras: str | list[str] | tuple[str, ...] = "",
+    precision: str | None = None,
     node_name: str = NODE_NAME,
     python: str | None = None,
     share_dir: str | os.PathLike | None = None,
@@ -171,7 +175,7 @@ def node_command(
     """Map the launch arguments to the node's command, parameters, remaps and environment.
 
     Empty strings / None mean "not given": ``params_file`` then defaults to the package's
-    config/d3_perception.yaml, ``checkpoint`` and ``backend`` to the values in that file. ``image`` also
+    config/d3_perception.yaml, ``checkpoint``, ``backend`` and ``precision`` (keyword) to the values in that file. ``image`` also
     remaps ``image/compressed`` to ``<image>/compressed`` (the image_transport naming); ``sparse_depth``
     (keyword) remaps the metric reference input. ``cameras`` ("front,left" or a list) sets the node's ``cameras``
     parameter; the single-camera remaps (``image``, ``camera_info``, ``sparse_depth``) are refused with it, as
@@ -193,6 +197,10 @@ def node_command(
         if backend not in BACKEND_CHOICES and not str(backend).startswith(PLUGIN_PREFIX):
             raise ValueError(f"`backend` must be one of {BACKEND_CHOICES} or python:module:callable; got {backend!r}")
         params["backend"] = str(backend)
+    if precision not in (None, ""):
+        if precision not in PRECISIONS:
+            raise ValueError(f"`precision` must be one of {PRECISIONS}; got {precision!r}")
+        params["precision"] = str(precision)
     params["use_sim_time"] = parse_bool(use_sim_time, "use_sim_time")
     for key, value in (extra_params or {}).items():
         if not isinstance(key, str) or not key:
