@@ -25,6 +25,7 @@ import numpy as np
 from d3_perception.backends import BACKENDS
 from d3_perception.cli_args import OneLineErrorParser, image_size, positive_float, run_cli
 from d3_perception.ros.launch_config import LaunchArgument
+from d3_perception.synthetic.scene import SCENE_KINDS
 
 __all__ = ["DEMO_LAUNCH_ARGUMENTS", "DemoArgument", "demo_specs", "main"]
 
@@ -75,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", help="inference backend: auto | onnxruntime | torch (default auto)")
     p.add_argument("--size", type=image_size(16, 2048), default=(240, 320), metavar="WxH", help="camera resolution (default 320x240)")
     p.add_argument("--rate-hz", type=positive_float, default=5.0, help="camera rate (default 5)")
-    p.add_argument("--scene", choices=("room", "outdoor", "mixed"), default="room", help="world (default room)")
+    p.add_argument("--scene", choices=SCENE_KINDS, default="room",
+                   help="synthetic scene kind (default room; world = the wide training world, shift = its held-out family)")
     p.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
     p.add_argument("--metric-mode", choices=("sparse_depth", "depth_range", "none"), default="sparse_depth",
                    help="node metric depth mode (default sparse_depth: fit to the camera's LiDAR-like depth)")
@@ -165,7 +167,7 @@ DEMO_LAUNCH_ARGUMENTS: tuple[DemoArgument, ...] = (
     DemoArgument("checkpoint", "", "checkpoint directory; empty = bundled models/d3_demo_tiny (else the "
                  "node's default)"),
     DemoArgument("backend", "auto", "inference backend", BACKENDS),
-    DemoArgument("scene", "room", "synthetic world", ("room", "outdoor", "mixed")),
+    DemoArgument("scene", "room", "synthetic scene kind (world: the wide world; shift: its held-out family)", SCENE_KINDS),
     DemoArgument("seed", "0", "scene seed"),
     DemoArgument("width", "320", "camera width in pixels"),
     DemoArgument("height", "240", "camera height in pixels"),

@@ -109,3 +109,14 @@ def test_demo_specs_wire_camera_ground_truth_to_the_node():
         demo_specs(width=2)
     with pytest.raises(ValueError, match="`metric_mode`"):
         demo_specs(metric_mode="exact")
+
+
+def test_demo_renders_every_scene_kind_of_the_world_including_the_held_out_family():
+    from d3_perception.ros.demo import build_parser, demo_specs
+    from d3_perception.synthetic.scene import SCENE_KINDS
+
+    assert {"world", "shift"} <= set(SCENE_KINDS)
+    for kind in SCENE_KINDS:
+        assert build_parser().parse_args(["--scene", kind]).scene == kind
+        camera, _node = demo_specs(scene=kind, base_env={})
+        assert camera.params["scene"] == kind
