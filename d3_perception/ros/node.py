@@ -243,7 +243,13 @@ def main(argv: list[str] | None = None) -> int:
         executor.add_node(node)
         if node._cfg.autostart and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
             node.trigger_activate()
-        executor.spin()
+        try:
+            executor.spin()
+        except Exception:  # noqa: BLE001 - re-raised below unless it is the requested shutdown
+            # SIGTERM's handler shuts the context down from another thread; an executor building its wait set
+            # at that moment fails with RCLError ("context is not valid"): that is the shutdown, not a failure
+            if rclpy.ok():
+                raise
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
