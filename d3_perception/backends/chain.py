@@ -71,30 +71,28 @@ class BackendChain:
     def predict(self, images: np.ndarray, tasks: tuple[str, ...], max_failures: int) -> dict[str, np.ndarray]:
         """``backend.predict(images, tasks)``; re-raises its error after counting it (and switching backend when
         this was failure number ``max_failures``). RuntimeError when the chain is closed."""
-        backend = self.backend
-        if backend is None:
-            raise RuntimeError("the backend is closed")
-        try:
-            out = backend.predict(images, tasks=tasks)
-        except Exception as exc:
-            self.failures += 1
-            if self.failures >= max_failures:
-                self._fall_back(backend, f"{self.failures} consecutive failures, last: {exc}")
-            raise
-        self.failures = 0
-        return out
+        backend = self._open_backend()
+        return self._counted(backend, lambda: backend.predict(images, tasks=tasks), max_failures)
 
     def predict_many(self, images: Sequence[np.ndarray], tasks: tuple[str, ...], max_failures: int
                      ) -> list[dict[str, np.ndarray]]:
         """:meth:`Backend.predict_many` (one batched call for frames of several cameras), counted like
         :meth:`predict`; a backend without it (a duck-typed plugin) runs :meth:`predict` per frame."""
-        backend = self.backend
-        if backend is None:
-            raise RuntimeError("the backend is closed")
+        backend = self._open_backend()
         many = getattr(backend, "predict_many", None)
+        return self._counted(backend, lambda: many(images, tasks) if many is not None else [
+            backend.predict(np.asarray(im)[None], tasks=tasks) for im in images], max_failures)
+
+    def _open_backend(self) -> Backend:
+        if self.backend is None:
+            raise RuntimeError("the backend is closed")
+        return self.backend
+
+    def _counted(self, backend: Backend, call, max_failures: int):
+        """``call()``; a failure is counted (and switches backend at number ``max_failures``) and re-raised,
+        a success resets the count."""
         try:
-            out = many(images, tasks) if many is not None else [
-                backend.predict(np.asarray(im)[None], tasks=tasks) for im in images]
+            out = call()
         except Exception as exc:
             self.failures += 1
             if self.failures >= max_failures:
