@@ -140,6 +140,7 @@ class ConfidenceEstimator:
         self._buffers: dict[str, np.ndarray] = {}
         self._grids: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._last: tuple[np.ndarray, np.ndarray] | None = None  # (grid confidence, grid validity) of the last frame
+        self._last_hw: tuple[int, int] = (0, 0)  # its frame size
 
     def _buf(self, name: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
         a = self._buffers.get(name)
@@ -150,7 +151,7 @@ class ConfidenceEstimator:
 
     def compute(self, depth: np.ndarray, K=None, model_normals=None, sparse_m: np.ndarray | SparsePoints | None = None,
                 out: np.ndarray | None = None, parts: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        """Confidence ``[H,W]`` float32 in [0, 1] of ``depth``.
+        """Confidence ``[H,W]`` float32 in [0, 1] of ``depth``: :meth:`rate` then :meth:`full_map`.
 
         depth: ``[H,W]`` positive depth (metres, or any positive proxy such as the ``depth_range`` mapping of
             the relative output: the cues are scale-free); NaN or <= 0 = invalid (confidence 0).
@@ -163,6 +164,14 @@ class ConfidenceEstimator:
             valid until the next call.
         parts: if given, filled with each computed cue's ``[H,W]`` map (copies; for evaluation).
         """
+        self.rate(depth, K, model_normals, sparse_m, parts)
+        return self.full_map(out)
+
+    def rate(self, depth: np.ndarray, K=None, model_normals=None, sparse_m: np.ndarray | SparsePoints | None = None,
+             parts: dict[str, np.ndarray] | None = None) -> None:
+        """Compute the confidence of ``depth`` on the cue grid only (arguments as :meth:`compute`): enough for
+        :meth:`summary` and :meth:`any_below`; :meth:`full_map` makes the frame-size map when something needs it
+        (a node publishing only ``~/info`` never does)."""
         c = self.config
         z_full = np.asarray(depth)
         if z_full.ndim != 2 or z_full.dtype != np.float32 or min(z_full.shape) < 3:
@@ -213,12 +222,21 @@ class ConfidenceEstimator:
             np.copyto(conf, np.float32(0.0), where=~valid)
             np.minimum(conf, np.float32(1.0), out=conf)  # float32 rounding of the powers can give 1 + 1e-7
         self._last = (conf, valid)
+        self._last_hw = hw
         if parts is not None:
             for name, cue in cues:
                 parts[name] = self._up(cue, hw, None).copy()
+
+    def full_map(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The last :meth:`rate`'s confidence at the frame size ``[H,W]`` float32 (nearest-neighbour from the
+        grid). out: optional float32 ``[H,W]`` to write into; without it a buffer of this estimator (or the grid
+        itself at step 1), valid until the next call."""
+        if self._last is None:
+            raise RuntimeError("full_map() before rate(): no frame rated yet")
+        hw, conf = self._last_hw, self._last[0]
         if out is not None and (out.shape != hw or out.dtype != np.float32):
             raise ValueError(f"`out` must be float32 {hw}; got {out.dtype} {out.shape}")
-        return self._up(conf, hw, out if out is not None else (None if step == 1 else self._buf("full", hw)))
+        return self._up(conf, hw, out if out is not None else (None if conf.shape == hw else self._buf("full", hw)))
 
     def any_below(self, min_confidence: float) -> bool:
         """Whether the last :meth:`compute` has a pixel below ``min_confidence`` (on its grid, which the frame
@@ -231,8 +249,14 @@ class ConfidenceEstimator:
         without a pass over the full frame. ``(nan, nan)`` before the first frame or without valid pixels."""
         if self._last is None:
             return math.nan, math.nan
-        return summarize_confidence(self._last[0], np.where(self._last[1], np.float32(1), np.float32(np.nan)),
-                                    min_confidence)
+        conf, valid = self._last
+        n = int(np.count_nonzero(valid))
+        if n == 0:
+            return math.nan, math.nan
+        # invalid grid pixels hold confidence 0: they add nothing to the sum, and count as "below" any
+        # threshold > 0, so they are taken off that count (= summarize_confidence without a masked copy)
+        below = int(np.count_nonzero(conf < np.float32(min_confidence))) - (conf.size - n if min_confidence > 0 else 0)
+        return float(conf.sum(dtype=np.float64)) / n, below / n
 
     @staticmethod
     def _down(a: np.ndarray, step: int) -> np.ndarray:

@@ -158,7 +158,7 @@ class FrameOutputs:
     # min_confidence)
     align: AlignmentResult
     cloud: tuple | None  # (points, message buffer, is_dense), None when not wanted or without K
-    confidence: np.ndarray | None = None  # [H,W] float32 in [0,1], None without depth from the model
+    confidence: np.ndarray | None = None  # [H,W] float32 in [0,1], None unless published (message or cloud field)
     quality: QualitySample = QualitySample()
 
 
@@ -227,8 +227,11 @@ def compute_outputs(cfg: NodeConfig, want: dict[str, bool], rgb: np.ndarray, rel
         confidence, sample = None, QualitySample()
         if quality is not None and relative is not None:
             buf = pool.view("confidence", out_hw, np.float32)[1] if want.get("confidence") else None
-            confidence = quality.confidence(geo_depth, K, cue_normals, out=buf)
-            quality.gate(geo_depth, confidence, cfg.min_confidence)  # depth_m (the depth message) or the proxy
+            quality.confidence(geo_depth, K, cue_normals, out=buf)
+            if depth_m is not None or cloud_wanted:  # the proxy alone feeds nothing else: not gated
+                quality.gate(geo_depth, cfg.min_confidence)  # depth_m (the depth message) or the cloud's proxy
+            if want.get("confidence") or (cloud_wanted and cfg.cloud_confidence):
+                confidence = quality.confidence_map()
             sample = quality.finish(cfg, alignment, depth_m)
         tick()  # confidence
 

@@ -19,9 +19,12 @@ from d3_perception.geometry.alignment import AlignmentResult
 from d3_perception.geometry.confidence import ConfidenceEstimator, SparsePoints, gate_depth
 from d3_perception.geometry.temporal import TemporalStabilizer
 
-__all__ = ["FLICKER_FRAMES", "FrameQuality", "QualitySample", "quality_alarms", "worst"]
+__all__ = ["FLICKER_FRAMES", "FLICKER_GRID_LONG_SIDE", "FrameQuality", "QualitySample", "quality_alarms", "worst"]
 
 FLICKER_FRAMES = 10  # the flicker alarm averages the still-pixel flicker of this many frames
+# without blending, the flicker estimate (a mean over the still pixels) runs on a grid of this long side
+# (80 x 60 = 4800 pixels at 4:3): a quarter of the confidence grid's work for the same mean
+FLICKER_GRID_LONG_SIDE = 80
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class FrameQuality:
         self.reference: np.ndarray | None = None
         self._points: SparsePoints | None = None  # of the array _points_of (kept: identity, not a reused id)
         self._points_of: np.ndarray | None = None
+        self._map: np.ndarray | None = None  # this frame's frame-size confidence, once made
+        self._map_out: np.ndarray | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -106,6 +111,7 @@ class FrameQuality:
             self.reset()
         self.reference = None
         self._computed = False
+        self._map = self._map_out = None
 
     def stabilise(self, depth_m: np.ndarray, rgb: np.ndarray, cfg) -> None:
         """Blend ``depth_m`` ``[H,W]`` float32 metres in place with the previous frame where image and depth are
@@ -114,16 +120,18 @@ class FrameQuality:
             return
         if cfg.temporal.blend > 0:
             np.copyto(depth_m, self._stabilizer.update(depth_m, rgb))
-        else:  # the estimate alone: on the confidence grid (a mean over still pixels; 1/16 of the work at 640x480)
-            step = cfg.confidence.step(depth_m.shape)
+        else:  # the estimate alone: on a coarse grid (1/64 of the pixels at 640x480)
+            step = max(1, -(-max(depth_m.shape) // FLICKER_GRID_LONG_SIDE))
             self._stabilizer.update(np.ascontiguousarray(depth_m[::step, ::step]), _every_step(rgb, step))
         if math.isfinite(self._stabilizer.still_flicker):  # NaN while the camera moves: skipped
             self._flicker.append(self._stabilizer.still_flicker)
 
-    def confidence(self, geo_depth: np.ndarray, K, model_normals, out: np.ndarray | None = None) -> np.ndarray:
-        """``[H,W]`` float32 confidence in [0, 1] of ``geo_depth`` (metres, or the depth_range proxy).
+    def confidence(self, geo_depth: np.ndarray, K, model_normals, out: np.ndarray | None = None) -> None:
+        """Rate ``geo_depth`` ``[H,W]`` (metres, or the depth_range proxy) on the confidence grid; the frame-size
+        map is made only when asked for (:meth:`confidence_map`, or :meth:`gate` with a pixel to remove).
         model_normals: the model's optical-frame normals (three planes) or None (no normals cue; also without
-        ``K``); the sparse cue uses :attr:`reference`. ``out``: the message buffer, else the estimator's."""
+        ``K``); the sparse cue uses :attr:`reference`. ``out``: where the frame-size map goes when made (the
+        confidence message buffer), else the estimator's buffer."""
         normals = model_normals if K is not None else None
         points = None
         if self.reference is not None:
@@ -132,16 +140,21 @@ class FrameQuality:
             if self._points_of is not self.reference:
                 self._points, self._points_of = SparsePoints(self.reference), self.reference
             points = self._points
-        conf = self._estimator.compute(geo_depth, K, normals, points, out=out)
+        self._estimator.rate(geo_depth, K, normals, points)
         self._computed = True
-        return conf
+        self._map, self._map_out = None, out
 
-    def gate(self, depth: np.ndarray, confidence: np.ndarray, min_confidence: float) -> None:
-        """NaN in ``depth`` (in place) where ``confidence < min_confidence``: gone from depth and the cloud.
-        ``confidence`` is the last :meth:`confidence` map (the full frame is only scanned when its grid has a
-        pixel below the threshold)."""
+    def confidence_map(self) -> np.ndarray:
+        """This frame's ``[H,W]`` float32 confidence in [0, 1] (made once per frame, after :meth:`confidence`)."""
+        if self._map is None:
+            self._map = self._estimator.full_map(self._map_out)
+        return self._map
+
+    def gate(self, depth: np.ndarray, min_confidence: float) -> None:
+        """NaN in ``depth`` (in place) where this frame's confidence is below ``min_confidence``: gone from depth
+        and the cloud. The frame-size map is only made when the grid has a pixel below the threshold."""
         if min_confidence > 0 and self._estimator.any_below(min_confidence):
-            gate_depth(depth, confidence, min_confidence, out=depth)
+            gate_depth(depth, self.confidence_map(), min_confidence, out=depth)
 
     def finish(self, cfg, align: AlignmentResult, depth_m: np.ndarray | None) -> QualitySample:
         """This frame's numbers (after :meth:`confidence`; ``depth_m`` the published metric depth or None)."""

@@ -165,3 +165,32 @@ def test_confidence_without_model_normals_or_metric_mode_still_gates_the_cloud()
     np.testing.assert_array_equal(np.isnan(cloud["z"]), conf < np.float32(0.3))
     assert np.isnan(cloud["z"]).any() and np.isfinite(cloud["z"]).any()
     pipe.close()
+
+
+def test_gating_and_info_numbers_do_not_depend_on_who_subscribes_to_the_confidence_map():
+    # 240x320: the cues run on a grid 2x coarser, and the frame-size map is only made when something needs it
+    h, w = 240, 320
+    rel = np.full((h, w), 0.2, np.float32)
+    rel[:, w // 2:] = 0.8
+    rgb = make_rgb(h, w, rel)
+    c = _client()
+    params = {"metric.mode": "fixed", "metric.fixed_scale": 4.0, "metric.fixed_shift": 0.5, "min_confidence": 0.05}
+    runs = {}
+    # normals subscribed in every run: without them the model's normals (another model pass) and so the normals
+    # cue are skipped, which changes the confidence on purpose
+    for name, subscribed in (("all", ALL), ("depth", {"depth": 1, "normals": 1, "info": 1}),
+                             ("info", {"normals": 1, "info": 1})):
+        pipe, chain, _ = _pipeline(**params, lazy_outputs=True)
+        pipe.on_camera_info(c.camera_info(h, w, 12.0))
+        runs[name] = _step(pipe, chain, c.image_msg(rgb, "rgb8", 12.0), want=wanted_outputs(pipe.cfg, subscribed))
+        pipe.close()
+    conf = msg_to_numpy(runs["all"].messages["confidence"])
+    below = conf < np.float32(0.05)
+    assert 0 < below.sum() < below.size
+    for name in ("all", "depth"):  # the depth message is gated by the same map, published or not
+        np.testing.assert_array_equal(np.isnan(msg_to_numpy(runs[name].messages["depth"])), below)
+    assert runs["info"].outputs.confidence is None and "confidence" not in runs["info"].messages
+    for name in ("depth", "info"):  # ~/info's numbers are the same however little is published
+        assert runs[name].outputs.quality.mean_confidence == runs["all"].outputs.quality.mean_confidence
+        assert runs[name].outputs.quality.low_confidence_share == runs["all"].outputs.quality.low_confidence_share
+    assert 0 < runs["all"].outputs.quality.low_confidence_share < 0.5

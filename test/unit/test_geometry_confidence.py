@@ -148,6 +148,24 @@ def test_estimator_summary_on_its_grid_matches_the_full_frame():
     grid = est.summary(0.5)
     assert 0.0 < full[1] < 0.2
     np.testing.assert_allclose(grid, full, atol=0.01)
+    assert est.summary(0.0)[1] == 0.0  # the invalid rows (confidence 0) are not "below" a threshold of 0
+
+
+def test_rate_then_full_map_is_compute_and_the_map_is_only_made_on_request():
+    hw, k = (480, 640), intrinsics_from_fov((480, 640), 70.0)
+    depth = _plane_depth((0.0, 0.3, -1.0), -2.0, hw, k)
+    depth[:, 300:308] *= 1.5
+    expected = ConfidenceEstimator().compute(depth, k).copy()
+    est = ConfidenceEstimator()
+    with pytest.raises(RuntimeError, match="before rate"):
+        est.full_map()
+    est.rate(depth, k)
+    assert est.any_below(0.5) and not est.any_below(0.0)
+    out = np.empty(hw, np.float32)
+    assert est.full_map(out) is out
+    np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match="`out`"):
+        est.full_map(np.empty((10, 10), np.float32))
 
 
 @pytest.mark.parametrize("kwargs, match", [
