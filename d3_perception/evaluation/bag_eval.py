@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from d3_perception.evaluation.bag_source import BagError, BagFrame, BagIndex, BagSource, TopicSelection
-from d3_perception.evaluation.calibration import FlyingPoints, SparsificationAccumulator, flying_points
+from d3_perception.evaluation.calibration import ConfidenceCalibration, flying_points
 from d3_perception.evaluation.metrics import (
     DEPTH_METRICS,
     NormalErrorAccumulator,
@@ -324,8 +324,7 @@ class _Evaluator:
         self.work = Workspace()
         # confidence calibration (issue #16): the node's estimator on the metric prediction
         self.confidence = ConfidenceEstimator()
-        self.sparsification = SparsificationAccumulator()
-        self.flying = FlyingPoints()
+        self.calibration_acc = ConfidenceCalibration(cfg.min_confidence)
 
     def gt_mask(self, gt: np.ndarray) -> np.ndarray:
         """``[H,W]`` bool: GT finite and strictly inside the depth range. A workspace view, valid for this frame."""
@@ -536,34 +535,22 @@ class _Evaluator:
 
     def _calibrate(self, frame: BagFrame, metric: np.ndarray, mask: np.ndarray, normals_hw3) -> None:
         """Confidence of one frame's ``[H,W]`` metric prediction: its sparsification against |pred-gt|/gt and the
-        flying points of its cloud before and after the ``min_confidence`` gate (needs camera_info)."""
+        flying points of its cloud before and after the ``min_confidence`` gate (the real cloud with
+        camera_info, else counted along each pixel's ray: the same number)."""
         K = frame.K
         sparse = frame.sparse_m if self.cfg.metric_mode == "sparse_depth" else None
         metric = np.where(np.isfinite(metric), metric, np.float32(np.nan))  # an infinite prediction is no point
         conf = self.confidence.compute(metric, K, normals_hw3 if K is not None else None, sparse)  # [H,W]
-        gt = frame.depth_m
-        with np.errstate(invalid="ignore", divide="ignore"):
-            evaluated = mask & (metric > 0)  # False for NaN
-            err = np.abs(metric[evaluated] - gt[evaluated]) / gt[evaluated]  # [M]
-        if err.size:
-            self.sparsification.add(err, {"combined": conf[evaluated]})
+        flying = None
         if K is not None:
             from d3_perception.geometry.pointcloud import backproject
 
-            self.flying += flying_points(backproject(metric, K), np.where(mask, gt, np.nan), K,
-                                         keep=conf >= np.float32(self.cfg.min_confidence))
+            flying = flying_points(backproject(metric, K), np.where(mask, frame.depth_m, np.nan), K,
+                                   keep=conf >= np.float32(self.cfg.min_confidence))
+        self.calibration_acc.add(metric, frame.depth_m, mask, conf, flying)
 
     def calibration(self) -> dict | None:
-        if not self.sparsification.frames:
-            return None
-        ause = self.sparsification.ause()
-        f = self.flying
-        return {"frames": self.sparsification.frames, "min_confidence": self.cfg.min_confidence,
-                "ause": {"combined": ause["combined"], "random": ause["random"]},
-                "ause_over_random": ause["combined"] / ause["random"] if ause["random"] > 0 else math.nan,
-                "flying_points": None if not f.points else {
-                    "points": f.points, "share_before": f.share_before, "share_after": f.share_after,
-                    "kept_share": f.kept_share, "reduction": f.reduction}}
+        return self.calibration_acc.summary()
 
 
 def _timed(iterator: Iterator, timing: dict, key: str) -> Iterator:

@@ -15,6 +15,7 @@ import yaml
 
 from d3_perception.backends import BACKENDS, PRECISIONS
 from d3_perception.cli_args import run_cli
+from d3_perception.geometry.confidence import DEFAULT_MIN_CONFIDENCE
 
 __all__ = ["PUBLISHED_PATH", "build_parser", "evaluate_dataset", "main", "render_markdown"]
 
@@ -41,7 +42,8 @@ data layout (relative to --data-root; see config/eval/<name>.yaml and docs/evalu
   nyuv2/nyu_labeled_extracted.tar  kitti/kitti_eigen_split_test.tar  eth3d/eth3d.tar
   scannet/scannet_val_sampled_800_1.tar  diode/diode_val.tar  (each may also be an unpacked folder)
   data_split/...  Marigold's split files;  dsine_eval/<set>/...  DSINE's normal sets with split/test.txt
-outputs (in --out): benchmark.json, benchmark.md (published competitor numbers beside ours).
+outputs (in --out): benchmark.json, benchmark.md (published competitor numbers beside ours; for depth
+sets also the confidence calibration: AUSE of AbsRel vs random, flying points before/after --min-confidence).
 """
 
 
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--alignment", default=None, choices=("depth", "disparity"),
                    help="override the alignment space of the depth protocol (default: depth, as Marigold)")
+    p.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE,
+                   help=f"confidence gate of the flying-point calibration of the depth sets (default "
+                        f"{DEFAULT_MIN_CONFIDENCE}, the node's min_confidence)")
     p.add_argument("--out", default="eval_benchmark", help="output folder (default ./eval_benchmark)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -101,10 +106,17 @@ def _split_overrides(items: list[str]) -> dict[str, str]:
 
 
 def evaluate_dataset(dataset, backend, *, limit: int | None = None, normals_convention: str = "optical",
-                     alignment: str | None = None, progress: bool = True) -> dict:
-    """Run ``backend`` on one opened benchmark set; returns the JSON-ready result of that set."""
+                     alignment: str | None = None, progress: bool = True,
+                     min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> dict:
+    """Run ``backend`` on one opened benchmark set; returns the JSON-ready result of that set.
+
+    Depth sets also get ``calibration``: the node's confidence (:class:`ConfidenceEstimator`) of each aligned
+    prediction, ranked against its AbsRel (AUSE vs random) and the flying points before and after the
+    ``min_confidence`` gate. Only the ``edges`` cue acts here: the sets ship no camera matrix (the normals cue
+    needs one, and the model's normals would cost a second pass) and no sparse reference."""
     from tqdm import tqdm
 
+    from d3_perception.evaluation.calibration import ConfidenceCalibration
     from d3_perception.evaluation.metrics import (
         DEPTH_METRICS,
         NormalErrorAccumulator,
@@ -112,6 +124,7 @@ def evaluate_dataset(dataset, backend, *, limit: int | None = None, normals_conv
         mean_metrics,
         normal_angles_deg,
     )
+    from d3_perception.geometry.confidence import ConfidenceEstimator
     from d3_perception.geometry.normals import to_optical_frame
 
     cfg = dataset.config
@@ -124,6 +137,7 @@ def evaluate_dataset(dataset, backend, *, limit: int | None = None, normals_conv
     per_sample: list[dict] = []
     skipped: list[str] = []
     pooled = NormalErrorAccumulator()
+    estimator, calibration = ConfidenceEstimator(), ConfidenceCalibration(min_confidence)
     model_s = 0.0
     it = iter(dataset)
     for _ in tqdm(range(total), desc=cfg.name, unit="img", disable=not progress):
@@ -139,12 +153,14 @@ def evaluate_dataset(dataset, backend, *, limit: int | None = None, normals_conv
                 skipped.append(sample.name)
                 continue
             try:
-                metrics, _ = evaluate_depth(pred, sample.depth_m, mask, protocol)
+                metrics, aligned = evaluate_depth(pred, sample.depth_m, mask, protocol)
             except ValueError as exc:
                 logger.warning("%s: %s skipped: %s", cfg.name, sample.name, exc)
                 skipped.append(sample.name)
                 continue
             per_sample.append({"name": sample.name, **metrics})
+            aligned = np.where(np.isfinite(aligned), aligned, np.float32(np.nan)).astype(np.float32, copy=False)
+            calibration.add(aligned, sample.depth_m, mask, estimator.compute(aligned))
         else:
             pred_n = to_optical_frame(out["normals"][0], normals_convention)  # [H,W,3]
             valid = np.any(sample.normals != 0, axis=-1) & np.all(np.isfinite(pred_n), axis=-1)
@@ -166,6 +182,7 @@ def evaluate_dataset(dataset, backend, *, limit: int | None = None, normals_conv
         "skipped": skipped, "complete": evaluated == cfg.expected_samples and limit is None,
         "protocol": asdict(protocol) if protocol is not None else {"pooling": "all valid pixels (DSINE)"},
         "metrics": metrics, "model_s": model_s, "samples": per_sample,
+        **({"calibration": calibration.summary()} if cfg.task == "depth" else {}),
     }
 
 
@@ -214,6 +231,18 @@ def render_markdown(results: list[dict], model: dict, published: dict) -> str:
                          + " | ".join(_cell(m.get(k), 4) for k in ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10",
                                                                    "delta1", "delta2", "delta3")) + " |")
         lines.append("")
+        cal = [r for r in depth if r.get("calibration")]
+        if cal:
+            lines += ["## Confidence calibration (docs/confidence.md; `edges` cue: no camera matrix in these sets)", "",
+                      "| set | frames | AUSE of AbsRel ↓ | random's | ratio ↓ (target ≤ 0.5) | flying points before → "
+                      "after gate | points kept | reduction (target ≥ 5×) |", "|---|---|---|---|---|---|---|---|"]
+            for r in cal:
+                c, fly = r["calibration"], r["calibration"]["flying_points"] or {}
+                lines.append(f"| {r['title']} | {c['frames']} | {_cell(c['ause']['combined'], 4)} | "
+                             f"{_cell(c['ause']['random'], 4)} | {_cell(c['ause_over_random'], 2)} | "
+                             f"{_cell(fly.get('share_before'), 3)} → {_cell(fly.get('share_after'), 3)} | "
+                             f"{_cell(fly.get('kept_share'), 3)} | {_cell(fly.get('reduction'), 2)}× |")
+            lines += ["", f"Gate: `min_confidence` {cal[0]['calibration']['min_confidence']}.", ""]
     normals = [r for r in results if r["task"] == "normals"]
     if normals:
         order = ["nyuv2_normals", "scannet_normals", "ibims_normals", "sintel_normals"]
@@ -255,6 +284,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"`--limit` must be >= 1; got {args.limit}")
+    if not 0.0 <= args.min_confidence <= 1.0:
+        raise ValueError(f"`--min-confidence` must be in [0, 1]; got {args.min_confidence}")
     names = _dataset_names(args.datasets)
     splits = _split_overrides(args.split_file)
     unknown = set(splits) - set(names)
@@ -285,7 +316,8 @@ def _run(args: argparse.Namespace) -> int:
         for ds in datasets:
             backend = backend_for(ds)
             r = evaluate_dataset(ds, backend, limit=args.limit, normals_convention=convention,
-                                 alignment=args.alignment, progress=not args.no_progress)
+                                 alignment=args.alignment, progress=not args.no_progress,
+                                 min_confidence=args.min_confidence)
             r["model"] = asdict(backend.info)
             results.append(r)
             ds.close()
@@ -305,6 +337,11 @@ def _run(args: argparse.Namespace) -> int:
                 if r["task"] == "depth" else
                 f"mean {_cell(m.get('mean'), 2)}°  <11.25° {_cell(m.get('a11.25', math.nan) * 100, 1)} %")
         part = "" if r["complete"] else f"  (partial: {r['evaluated']}/{r['expected_samples']})"
+        c = r.get("calibration")
+        if c:
+            fly = c["flying_points"] or {}
+            part += (f"  confidence: AUSE {_cell(c['ause_over_random'], 2)} x random, flying points "
+                     f"{_cell(fly.get('share_before'), 3)} -> {_cell(fly.get('share_after'), 3)}")
         print(f"{r['title']:<10} {head}{part}")
     print(f"report: {out_dir / 'benchmark.md'}")
     return 0

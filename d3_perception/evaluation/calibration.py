@@ -19,9 +19,11 @@ from d3_perception.geometry.intrinsics import check_intrinsics
 from d3_perception.geometry.pointcloud import backproject
 
 __all__ = [
+    "ConfidenceCalibration",
     "FlyingPoints",
     "SparsificationAccumulator",
     "flying_points",
+    "flying_points_from_depth",
     "sparsification_ause",
     "sparsification_curve",
 ]
@@ -174,3 +176,71 @@ def flying_points(points: np.ndarray, gt_depth_m: np.ndarray, K, keep: np.ndarra
             raise ValueError(f"`keep` must be bool {gt.shape}; got {k.dtype} {k.shape}")
         kept = counted & k
     return FlyingPoints(int(counted.sum()), int(flying.sum()), int(kept.sum()), int((flying & kept).sum()))
+
+
+def flying_points_from_depth(pred_depth_m: np.ndarray, gt_depth_m: np.ndarray, keep: np.ndarray | None = None,
+                             rel_threshold: float = 0.1) -> FlyingPoints:
+    """:func:`flying_points` of the cloud back-projected from ``pred_depth_m`` ``[H,W]`` (z-depth, metres; NaN
+    = no point), without intrinsics: its point of pixel (v, u) lies on the ray of GT's point there, and on one
+    ray ``| |P| - range_gt | > t * range_gt`` is ``| z - z_gt | > t * z_gt`` (the ray length cancels), so the
+    benchmark sets, which ship no camera matrix, get the same count."""
+    pred = np.asarray(pred_depth_m, np.float64)
+    gt = np.asarray(gt_depth_m, np.float64)
+    if pred.ndim != 2 or pred.shape != gt.shape:
+        raise ValueError(f"`pred_depth_m` and `gt_depth_m` must be [H,W] of one shape; got {pred.shape} and "
+                         f"{gt.shape}")
+    if not rel_threshold > 0:
+        raise ValueError(f"`rel_threshold` must be > 0; got {rel_threshold!r}")
+    with np.errstate(invalid="ignore"):
+        counted = np.isfinite(pred) & (gt > 0)
+        flying = counted & (np.abs(np.abs(pred) - gt) > rel_threshold * gt)  # |P| = |z| |ray|
+    if keep is None:
+        kept = counted
+    else:
+        k = np.asarray(keep)
+        if k.shape != gt.shape or k.dtype != bool:
+            raise ValueError(f"`keep` must be bool {gt.shape}; got {k.dtype} {k.shape}")
+        kept = counted & k
+    return FlyingPoints(int(counted.sum()), int(flying.sum()), int(kept.sum()), int((flying & kept).sum()))
+
+
+@dataclass
+class ConfidenceCalibration:
+    """How well one run's confidence maps rank its depth errors, frame by frame (``d3-eval``, ``d3-eval-bag``).
+
+    ``add(pred, gt, confidence)`` per frame; ``summary()`` gives the JSON both reports print: AUSE of AbsRel
+    (``combined`` = the map, beside ``random``), their ratio (target <= 0.5), and the flying points before and
+    after the ``min_confidence`` gate (None when no frame had a cloud to count).
+    """
+
+    min_confidence: float
+    sparsification: SparsificationAccumulator = field(default_factory=SparsificationAccumulator)
+    flying: FlyingPoints = field(default_factory=FlyingPoints)
+
+    def add(self, pred_m: np.ndarray, gt_m: np.ndarray, valid: np.ndarray, confidence: np.ndarray,
+            flying: FlyingPoints | None = None) -> None:
+        """One frame: ``pred_m``, ``gt_m``, ``confidence`` ``[H,W]``; ``valid`` ``[H,W]`` bool, the evaluated GT
+        pixels. ``flying``: the frame's count when the caller made it from a real cloud (with intrinsics);
+        None = counted here along each pixel's ray (:func:`flying_points_from_depth`)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            evaluated = valid & (pred_m > 0)  # False for NaN
+            err = np.abs(pred_m[evaluated] - gt_m[evaluated]) / gt_m[evaluated]  # [M]
+        if err.size:
+            self.sparsification.add(err, {"combined": confidence[evaluated]})
+        if flying is None:
+            flying = flying_points_from_depth(pred_m, np.where(valid, gt_m, np.nan),
+                                              keep=confidence >= np.float32(self.min_confidence))
+        self.flying += flying
+
+    def summary(self) -> dict | None:
+        """JSON-ready result; None before any frame with evaluated pixels."""
+        if not self.sparsification.frames:
+            return None
+        ause = self.sparsification.ause()
+        f = self.flying
+        return {"frames": self.sparsification.frames, "min_confidence": self.min_confidence,
+                "ause": {"combined": ause["combined"], "random": ause["random"]},
+                "ause_over_random": ause["combined"] / ause["random"] if ause["random"] > 0 else float("nan"),
+                "flying_points": None if not f.points else {
+                    "points": f.points, "share_before": f.share_before, "share_after": f.share_after,
+                    "kept_share": f.kept_share, "reduction": f.reduction}}

@@ -113,7 +113,7 @@ def _bag_markdown(result, summary: dict, bag: str, plots: list[str]) -> str:
                   "points kept | gate |", "|---|---|---|---|---|---|",
                   f"| {fmt(cal['ause']['combined'], 4)} | {fmt(cal['ause']['random'], 4)} | "
                   f"{fmt(cal['ause_over_random'], 2)} | "
-                  + ("no camera_info | - " if fly is None else
+                  + ("no points | - " if fly is None else
                      f"{fmt(fly['share_before'], 3)} → {fmt(fly['share_after'], 3)} | {fmt(fly['kept_share'], 3)} ")
                   + f"| min_confidence {cal['min_confidence']} |", ""]
     lat = result.latency_ms

@@ -95,3 +95,45 @@ def test_flying_points_checks_shapes():
         flying_points(np.zeros((4, 5)), np.ones((4, 5)), K)
     with pytest.raises(ValueError, match="`keep` must be bool"):
         flying_points(np.zeros((4, 5, 3)), np.ones((4, 5)), K, keep=np.ones((4, 5)))
+
+
+def test_flying_points_from_depth_equal_those_of_the_back_projected_cloud():
+    from d3_perception.evaluation.calibration import flying_points_from_depth
+
+    rng = np.random.default_rng(3)
+    h, w = 30, 40
+    K = intrinsics_from_fov((h, w), 70.0)
+    gt = rng.uniform(1.0, 5.0, (h, w))
+    gt[rng.random((h, w)) < 0.1] = np.nan  # no GT
+    pred = (gt * rng.uniform(0.8, 1.2, (h, w))).astype(np.float32)  # about half beyond 10 %
+    pred[rng.random((h, w)) < 0.1] = np.nan  # no point
+    keep = rng.random((h, w)) < 0.7
+    from_cloud = flying_points(backproject(pred, K), gt, K, keep)
+    assert 0 < from_cloud.flying < from_cloud.points
+    assert flying_points_from_depth(pred, gt, keep) == from_cloud
+    assert flying_points_from_depth(pred, gt) == flying_points(backproject(pred, K), gt, K)
+    with pytest.raises(ValueError, match="one shape"):
+        flying_points_from_depth(pred[:-1], gt)
+
+
+def test_confidence_calibration_summarises_ause_and_gated_flying_points():
+    from d3_perception.evaluation.calibration import ConfidenceCalibration
+
+    gt = np.full((20, 20), 2.0)
+    pred = gt.copy()
+    pred[:, 10:12] = 3.0  # two wrong columns: 50 % off, flying
+    conf = np.ones_like(gt, np.float32)
+    conf[:, 10:12] = 0.01  # the map distrusts exactly them: it ranks like the oracle
+    cal = ConfidenceCalibration(min_confidence=0.5)
+    assert cal.summary() is None
+    valid = np.ones(gt.shape, bool)
+    cal.add(pred.astype(np.float32), gt, valid, conf)
+    s = cal.summary()
+    assert s["frames"] == 1 and s["min_confidence"] == 0.5
+    assert s["ause"]["combined"] == pytest.approx(0.0, abs=1e-9) and s["ause"]["random"] > 0
+    assert s["ause_over_random"] == pytest.approx(0.0, abs=1e-9)
+    fly = s["flying_points"]
+    cal.add(pred.astype(np.float32), gt, valid, np.ones_like(conf))  # a map that trusts everything: random-like
+    assert cal.summary()["ause"]["combined"] > 0
+    assert fly["points"] == 400 and fly["share_before"] == pytest.approx(0.1)
+    assert fly["share_after"] == 0.0 and fly["kept_share"] == pytest.approx(0.9) and fly["reduction"] == float("inf")

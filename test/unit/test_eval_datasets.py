@@ -330,3 +330,53 @@ def test_help_shows_examples(capsys):
 def test_dataset_error_is_a_value_error_with_context():
     with pytest.raises(DatasetError, match="known: nyuv2, kitti"):
         load_dataset_config("nope")
+
+
+def test_depth_sets_report_confidence_calibration_that_finds_smeared_edges(tmp_path, checkpoint_dir, monkeypatch,
+                                                                          capsys):
+    """A prediction smeared across a depth step (the flying pixels of back-projection): the node's confidence
+    ranks those pixels last (AUSE well under random's) and the gate removes most flying points."""
+    from d3_perception.evaluation.datasets import Sample
+
+    h, w = 480, 640  # NYUv2's frame (its protocol crops to the Eigen box)
+    depth = np.full((h, w), 2.0, np.float32)
+    depth[:, w // 2:] = 6.0  # a step
+    rel = (depth - 1.0) / 6.0
+    smeared = cv2.blur(rel, (17, 1))  # the model's soft edge: 8 wrong columns either side
+
+    class StepSet:
+        config = load_dataset_config("nyuv2")
+        root_path = tmp_path
+
+        def __len__(self):
+            return 3
+
+        def __iter__(self):
+            for i in range(3):
+                yield Sample(f"step_{i}", np.zeros((h, w, 3), np.uint8), depth.copy())
+
+    class SmearBackend(ChannelBackend):
+        def predict(self, images, tasks=None):
+            return {"depth": smeared[None].copy()}
+
+    r = benchmark_cli.evaluate_dataset(StepSet(), SmearBackend(), progress=False, min_confidence=0.3)
+    c = r["calibration"]
+    assert c["frames"] == 3 and c["min_confidence"] == 0.3
+    assert c["ause_over_random"] < 0.5  # the issue's target, on its own failure mode
+    fly = c["flying_points"]
+    assert fly["share_before"] > 0.02 and fly["reduction"] >= 5 and fly["kept_share"] >= 0.85
+
+    # and through the CLI: JSON, markdown table, console line; normals sets get none
+    make_nyu(tmp_path / "data", n=1)
+    out = tmp_path / "out"
+    rc, stdout, err = run_eval(monkeypatch, capsys, ["--checkpoint", str(checkpoint_dir), "--data-root",
+                                                     str(tmp_path / "data"), "--out", str(out), "--datasets", "nyuv2",
+                                                     "--min-confidence", "0.2"])
+    assert rc == 0, err
+    res = json.loads((out / "benchmark.json").read_text())["datasets"][0]
+    assert res["calibration"]["frames"] == 1 and res["calibration"]["min_confidence"] == 0.2
+    assert "## Confidence calibration" in (out / "benchmark.md").read_text()
+    assert "confidence: AUSE" in stdout
+    rc, _, err = run_eval(monkeypatch, capsys, ["--checkpoint", str(checkpoint_dir), "--data-root",
+                                                str(tmp_path / "data"), "--datasets", "nyuv2", "--min-confidence", "2"])
+    assert rc == 2 and "`--min-confidence` must be in [0, 1]" in err
