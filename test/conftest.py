@@ -124,6 +124,17 @@ def rclpy_context(ros_env):
 
 
 @pytest.fixture
+def fake_checkpoint(tmp_path) -> Path:
+    """A checkpoint directory for the test backends (``python:fake_backends:*``): a config.json, no weights."""
+    import json
+
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_id": "fake"}))
+    return d
+
+
+@pytest.fixture
 def python_exe() -> str:
     return sys.executable
 

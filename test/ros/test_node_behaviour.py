@@ -3,7 +3,6 @@ sparse-depth metric recovery on a synthetic scene, runtime parameters, and the r
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -13,14 +12,6 @@ from node_harness import Client, make_rgb, node_log, start_node, stop_node
 from d3_perception.ros.conversions import msg_to_numpy
 
 pytestmark = pytest.mark.ros
-
-
-@pytest.fixture
-def ckpt(tmp_path):
-    d = tmp_path / "ckpt"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps({"model_id": "fake"}))
-    return d
 
 
 def _send_until(client, rgb, stamp, topic="depth/relative", h=None, w=None, tries=40):
@@ -34,9 +25,9 @@ def _send_until(client, rgb, stamp, topic="depth/relative", h=None, w=None, trie
     return None
 
 
-def test_slow_model_keeps_latency_bounded_and_counts_drops_exactly(ros_env, rclpy_context, tmp_path, ckpt):
+def test_slow_model_keeps_latency_bounded_and_counts_drops_exactly(ros_env, rclpy_context, tmp_path, fake_checkpoint):
     delay_s = 0.25
-    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:gt", "checkpoint": str(ckpt),
+    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:gt", "checkpoint": str(fake_checkpoint),
                                           "lazy_outputs": False, "diagnostics_period_s": 0.2,
                                           "stale_timeout_s": 1.0, "qos_reliability": "reliable",
                                           "qos_depth": 100},
@@ -77,8 +68,8 @@ def test_slow_model_keeps_latency_bounded_and_counts_drops_exactly(ros_env, rclp
         assert stop_node(proc) == 0
 
 
-def test_lifecycle_transitions_via_services(ros_env, rclpy_context, tmp_path, ckpt):
-    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:gt", "checkpoint": str(ckpt),
+def test_lifecycle_transitions_via_services(ros_env, rclpy_context, tmp_path, fake_checkpoint):
+    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:gt", "checkpoint": str(fake_checkpoint),
                                           "lazy_outputs": False, "autostart": False,
                                           "diagnostics_period_s": 0.2})
     client = Client(rclpy_context, outputs=["depth/relative"])
@@ -103,8 +94,8 @@ def test_lifecycle_transitions_via_services(ros_env, rclpy_context, tmp_path, ck
         assert stop_node(proc) == 0
 
 
-def test_failing_backend_falls_back_to_the_next_one(ros_env, rclpy_context, tmp_path, ckpt):
-    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:failing", "checkpoint": str(ckpt),
+def test_failing_backend_falls_back_to_the_next_one(ros_env, rclpy_context, tmp_path, fake_checkpoint):
+    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:failing", "checkpoint": str(fake_checkpoint),
                                           "fallback_backends": ["python:fake_backends:gt_fallback"],
                                           "max_consecutive_failures": 2, "lazy_outputs": False,
                                           "diagnostics_period_s": 0.2})
@@ -128,8 +119,8 @@ def test_failing_backend_falls_back_to_the_next_one(ros_env, rclpy_context, tmp_
         assert stop_node(proc) == 0
 
 
-def test_normals_only_checkpoint_publishes_normals_and_no_depth(ros_env, rclpy_context, tmp_path, ckpt):
-    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:normals_only", "checkpoint": str(ckpt),
+def test_normals_only_checkpoint_publishes_normals_and_no_depth(ros_env, rclpy_context, tmp_path, fake_checkpoint):
+    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:normals_only", "checkpoint": str(fake_checkpoint),
                                           "metric.mode": "fixed", "lazy_outputs": False})
     client = Client(rclpy_context, outputs=["normals", "depth", "depth/relative", "points"])
     try:
@@ -146,9 +137,9 @@ def test_normals_only_checkpoint_publishes_normals_and_no_depth(ros_env, rclpy_c
         assert stop_node(proc) == 0
 
 
-def test_plugin_normals_are_renormalised_and_zero_vectors_become_nan(ros_env, rclpy_context, tmp_path, ckpt):
+def test_plugin_normals_are_renormalised_and_zero_vectors_become_nan(ros_env, rclpy_context, tmp_path, fake_checkpoint):
     # built-in backends promise unit normals (Backend.unit_normals); a plugin that does not is renormalised
-    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:normals_not_unit", "checkpoint": str(ckpt),
+    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:normals_not_unit", "checkpoint": str(fake_checkpoint),
                                           "metric.mode": "fixed", "lazy_outputs": False})
     client = Client(rclpy_context, outputs=["normals"])
     try:
@@ -165,7 +156,7 @@ def test_plugin_normals_are_renormalised_and_zero_vectors_become_nan(ros_env, rc
         assert stop_node(proc) == 0
 
 
-def test_sparse_depth_recovers_metric_scale_of_a_synthetic_scene(ros_env, rclpy_context, tmp_path, ckpt):
+def test_sparse_depth_recovers_metric_scale_of_a_synthetic_scene(ros_env, rclpy_context, tmp_path, fake_checkpoint):
     from d3_perception.synthetic import SyntheticSequence, sparse_depth
 
     frame = SyntheticSequence(seed=3, size_hw=(120, 160), kind="room").frame(0)
@@ -179,7 +170,7 @@ def test_sparse_depth_recovers_metric_scale_of_a_synthetic_scene(ros_env, rclpy_
     sparse = sparse_depth(depth, rng, pattern="scan", rows=12, noise_std_m=0.01)
     outliers = rng.random(sparse.shape) < 0.05  # reflections: 5 % wildly wrong returns
     sparse[outliers & np.isfinite(sparse)] = 0.3
-    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:gt", "checkpoint": str(ckpt),
+    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:gt", "checkpoint": str(fake_checkpoint),
                                           "metric.mode": "sparse_depth", "metric.smoothing": 0.5,
                                           "lazy_outputs": False, "qos_reliability": "reliable"})
     client = Client(rclpy_context, outputs=["depth", "d3_perception_node/info"], reliable_input=True)
@@ -215,8 +206,8 @@ def test_sparse_depth_recovers_metric_scale_of_a_synthetic_scene(ros_env, rclpy_
         assert stop_node(proc) == 0
 
 
-def test_runtime_parameters_apply_without_restart(ros_env, rclpy_context, tmp_path, ckpt):
-    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:gt", "checkpoint": str(ckpt),
+def test_runtime_parameters_apply_without_restart(ros_env, rclpy_context, tmp_path, fake_checkpoint):
+    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:gt", "checkpoint": str(fake_checkpoint),
                                           "metric.mode": "fixed", "metric.fixed_scale": 2.0,
                                           "cloud_max_range_m": 100.0})
     client = Client(rclpy_context, outputs=["points", "depth", "d3_perception_node/info"])
@@ -273,7 +264,7 @@ def test_real_tiny_checkpoint_on_torch_in_a_namespace(ros_env, rclpy_context, tm
 
 
 def test_sparse_reference_arriving_during_inference_still_matches_its_frame(ros_env, rclpy_context, tmp_path,
-                                                                             ckpt):
+                                                                             fake_checkpoint):
     """A slow model: the sparse depth of the *next* frame arrives before the current frame is fitted. The
     node must pair each frame with the reference nearest its own stamp, not with the newest one."""
     h, w = 60, 80
@@ -281,7 +272,7 @@ def test_sparse_reference_arriving_during_inference_still_matches_its_frame(ros_
     rgb = make_rgb(h, w, rel)
     true_scale, true_shift = 4.0, 0.5
     metric = rel * true_scale + true_shift
-    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:gt", "checkpoint": str(ckpt),
+    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:gt", "checkpoint": str(fake_checkpoint),
                                           "metric.mode": "sparse_depth", "metric.smoothing": 0.0,
                                           "lazy_outputs": False, "qos_reliability": "reliable"},
                       extra_env={"D3_FAKE_DELAY_S": "0.6"})

@@ -3,7 +3,6 @@ and size; one broken or stalled camera leaves the others at full rate; lifecycle
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -18,16 +17,8 @@ SIZES = {"front": (48, 64), "left": (30, 40), "right": (64, 48)}
 FOCAL = {"front": 50.0, "left": 20.0, "right": 70.0}
 
 
-@pytest.fixture
-def ckpt(tmp_path):
-    d = tmp_path / "ckpt"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps({"model_id": "fake"}))
-    return d
-
-
-def _node(ros_env, tmp_path, ckpt, cameras, **params):
-    return start_node(ros_env, tmp_path, {"backend": "python:fake_backends:gt", "checkpoint": str(ckpt),
+def _node(ros_env, tmp_path, fake_checkpoint, cameras, **params):
+    return start_node(ros_env, tmp_path, {"backend": "python:fake_backends:gt", "checkpoint": str(fake_checkpoint),
                                           "lazy_outputs": False, "cameras": list(cameras),
                                           "diagnostics_period_s": 0.2, **params})
 
@@ -46,9 +37,9 @@ def _send(client, cam, stamp, rgb=None, encoding="rgb8"):
 
 
 def test_each_camera_gets_its_own_outputs_with_its_stamp_frame_size_and_intrinsics(ros_env, rclpy_context,
-                                                                                    tmp_path, ckpt):
+                                                                                    tmp_path, fake_checkpoint):
     cams = ("front", "left")
-    proc = _node(ros_env, tmp_path, ckpt, cams, **{"metric.mode": "fixed", "metric.fixed_scale": 2.0})
+    proc = _node(ros_env, tmp_path, fake_checkpoint, cams, **{"metric.mode": "fixed", "metric.fixed_scale": 2.0})
     clients = _clients(rclpy_context, cams, ("depth/relative", "depth", "depth/camera_info", "points", "info"))
     try:
         for c in clients.values():
@@ -91,9 +82,9 @@ def test_each_camera_gets_its_own_outputs_with_its_stamp_frame_size_and_intrinsi
         assert stop_node(proc) == 0
 
 
-def test_a_broken_and_a_stalled_camera_leave_the_other_at_full_rate(ros_env, rclpy_context, tmp_path, ckpt):
+def test_a_broken_and_a_stalled_camera_leave_the_other_at_full_rate(ros_env, rclpy_context, tmp_path, fake_checkpoint):
     cams = ("front", "left", "right")
-    proc = _node(ros_env, tmp_path, ckpt, cams, qos_reliability="reliable", qos_depth=10)
+    proc = _node(ros_env, tmp_path, fake_checkpoint, cams, qos_reliability="reliable", qos_depth=10)
     clients = {cam: Client(rclpy_context, namespace=f"d3test/{cam}", outputs=["depth/relative"], diag_label=cam,
                            reliable_input=True) for cam in cams}
     good, broken, stalled = clients["front"], clients["left"], clients["right"]
@@ -124,9 +115,9 @@ def test_a_broken_and_a_stalled_camera_leave_the_other_at_full_rate(ros_env, rcl
         assert stop_node(proc) == 0
 
 
-def test_lifecycle_with_several_cameras(ros_env, rclpy_context, tmp_path, ckpt):
+def test_lifecycle_with_several_cameras(ros_env, rclpy_context, tmp_path, fake_checkpoint):
     cams = ("front", "left")
-    proc = _node(ros_env, tmp_path, ckpt, cams, autostart=False)
+    proc = _node(ros_env, tmp_path, fake_checkpoint, cams, autostart=False)
     clients = _clients(rclpy_context, cams)
     ctl = Client(rclpy_context, outputs=["depth/relative"])  # the node's own namespace: lifecycle services
     try:

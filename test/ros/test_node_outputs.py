@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import cv2
 import numpy as np
 import pytest
@@ -16,14 +14,6 @@ pytestmark = pytest.mark.ros
 
 H, W = 480, 640
 SCALE, SHIFT = 4.0, 0.5
-
-
-@pytest.fixture
-def fake_checkpoint(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    (ckpt / "config.json").write_text(json.dumps({"model_id": "fake"}))
-    return ckpt
 
 
 def _fixed_mode_node(ros_env, tmp_path, ckpt, **extra):

@@ -4,7 +4,6 @@ that outlives the context, and ``--help`` answered without starting ROS."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -16,17 +15,9 @@ from node_harness import Client, default_signal_dispositions, make_rgb, node_log
 pytestmark = pytest.mark.ros
 
 
-@pytest.fixture
-def ckpt(tmp_path):
-    d = tmp_path / "ckpt"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps({"model_id": "fake"}))
-    return d
-
-
-def _busy_node(ros_env, rclpy_context, tmp_path, ckpt, delay_s: float):
+def _busy_node(ros_env, rclpy_context, tmp_path, fake_checkpoint, delay_s: float):
     """A node whose (fake) model takes ``delay_s`` per frame, with frames arriving: (proc, client, send)."""
-    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:gt", "checkpoint": str(ckpt),
+    proc = start_node(ros_env, tmp_path, {"backend": "python:fake_backends:gt", "checkpoint": str(fake_checkpoint),
                                           "lazy_outputs": False, "wait_for_fresh_frame": False},
                       extra_env={"D3_FAKE_DELAY_S": str(delay_s)})
     client = Client(rclpy_context, outputs=["depth/relative"])
@@ -61,10 +52,10 @@ def _wait(proc, timeout_s: float = 60.0) -> int:
     (signal.SIGTERM,),
     (signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGINT),
 ], ids=["sigint_twice", "sigterm", "four_mixed"])
-def test_signals_during_shutdown_exit_0_without_traceback(ros_env, rclpy_context, tmp_path, ckpt, signals):
+def test_signals_during_shutdown_exit_0_without_traceback(ros_env, rclpy_context, tmp_path, fake_checkpoint, signals):
     # a 1 s model: the worker is inside predict when the first signal arrives, so the cleanup waits for it and
     # the later signals land in the cleanup
-    proc, client, send = _busy_node(ros_env, rclpy_context, tmp_path, ckpt, delay_s=1.0)
+    proc, client, send = _busy_node(ros_env, rclpy_context, tmp_path, fake_checkpoint, delay_s=1.0)
     try:
         send(3)
         for sig in signals:
@@ -78,10 +69,10 @@ def test_signals_during_shutdown_exit_0_without_traceback(ros_env, rclpy_context
     assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-3000:]
 
 
-def test_no_publish_error_after_shutdown_began(ros_env, rclpy_context, tmp_path, ckpt):
+def test_no_publish_error_after_shutdown_began(ros_env, rclpy_context, tmp_path, fake_checkpoint):
     # the first signal arrives while the model runs: when predict returns, the context is gone; publishing
     # then fails, which is shutdown, not bad input
-    proc, client, send = _busy_node(ros_env, rclpy_context, tmp_path, ckpt, delay_s=1.5)
+    proc, client, send = _busy_node(ros_env, rclpy_context, tmp_path, fake_checkpoint, delay_s=1.5)
     try:
         send(3)
         time.sleep(0.3)  # the worker has taken a frame and sits in the 1.5 s model call
