@@ -238,6 +238,34 @@ class ConfidenceEstimator:
             raise ValueError(f"`out` must be float32 {hw}; got {out.dtype} {out.shape}")
         return self._up(conf, hw, out if out is not None else (None if conf.shape == hw else self._buf("full", hw)))
 
+    def gate(self, depth: np.ndarray, min_confidence: float, out: np.ndarray | None = None) -> np.ndarray | None:
+        """NaN in ``depth`` ``[H,W]`` float32 (in place) where the last :meth:`rate`'s confidence is below
+        ``min_confidence``: :func:`gate_depth` with :meth:`full_map`, done on the grid when the frame is a
+        whole number of ``step x step`` blocks (what the nearest resize repeats), so no frame-size map or
+        compare is needed. Otherwise the frame-size map is made (into ``out``, as :meth:`full_map`) and
+        returned; None when none was made."""
+        if self._last is None:
+            raise RuntimeError("gate() before rate(): no frame rated yet")
+        if not (isinstance(min_confidence, (int, float)) and 0.0 <= min_confidence <= 1.0):
+            raise ValueError(f"`min_confidence` must be a number in [0, 1]; got {min_confidence!r}")
+        conf, hw = self._last[0], self._last_hw
+        if depth.shape != hw or depth.dtype != np.float32:
+            raise ValueError(f"`depth` must be float32 {hw}; got {depth.dtype} {depth.shape}")
+        if min_confidence <= 0:
+            return None
+        below = np.flatnonzero(conf < np.float32(min_confidence))
+        if not below.size:
+            return None
+        step = self.config.step(hw)
+        gh, gw = conf.shape
+        if step > 1 and gh * step == hw[0] and gw * step == hw[1] and depth.flags.c_contiguous:
+            rows, cols = np.divmod(below, gw)
+            depth.reshape(gh, step, gw, step)[rows, :, cols, :] = np.float32(np.nan)  # a view: writes depth
+            return None
+        full = self.full_map(out)
+        gate_depth(depth, full, min_confidence, out=depth)
+        return full
+
     def any_below(self, min_confidence: float) -> bool:
         """Whether the last :meth:`compute` has a pixel below ``min_confidence`` (on its grid, which the frame
         map repeats: False = gating that map removes nothing); True before the first frame."""

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from d3_perception.geometry.alignment import AlignmentResult
-from d3_perception.geometry.confidence import ConfidenceEstimator, SparsePoints, gate_depth
+from d3_perception.geometry.confidence import ConfidenceEstimator, SparsePoints
 from d3_perception.geometry.temporal import TemporalStabilizer
 
 __all__ = ["FLICKER_FRAMES", "FLICKER_GRID_LONG_SIDE", "FrameQuality", "QualitySample", "quality_alarms", "worst"]
@@ -152,9 +152,11 @@ class FrameQuality:
 
     def gate(self, depth: np.ndarray, min_confidence: float) -> None:
         """NaN in ``depth`` (in place) where this frame's confidence is below ``min_confidence``: gone from depth
-        and the cloud. The frame-size map is only made when the grid has a pixel below the threshold."""
+        and the cloud. Without the frame-size map (not published) the estimator gates on its grid."""
         if min_confidence > 0 and self._estimator.any_below(min_confidence):
-            gate_depth(depth, self.confidence_map(), min_confidence, out=depth)
+            full = self._estimator.gate(depth, min_confidence, out=self._map_out)
+            if full is not None:  # made for the gate (the frame is not whole grid blocks): kept for publishing
+                self._map = full
 
     def finish(self, cfg, align: AlignmentResult, depth_m: np.ndarray | None) -> QualitySample:
         """This frame's numbers (after :meth:`confidence`; ``depth_m`` the published metric depth or None)."""

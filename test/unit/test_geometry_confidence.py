@@ -239,3 +239,25 @@ def test_sparse_points_found_once_give_the_same_map_as_the_reference_array():
     assert points.index.size == np.count_nonzero(np.nan_to_num(ref) > 0)
     with pytest.raises(ValueError, match="`sparse_m` must have the shape"):
         est.compute(depth, k, sparse_m=SparsePoints(ref[:60]))
+
+
+@pytest.mark.parametrize("hw", [(480, 640), (97, 131), (120, 160)])  # whole 4x4 blocks, ragged grid, step 1
+def test_grid_gate_removes_exactly_what_the_frame_size_map_gates(hw):
+    k = intrinsics_from_fov(hw, 70.0)
+    depth = _plane_depth((0.0, 0.3, -1.0), -2.0, hw, k)
+    depth[:, hw[1] // 2:] *= 1.5  # a step: low confidence around it
+    est = ConfidenceEstimator(ConfidenceConfig(grid_long_side=40))  # step 4 / 4 / 4 at these sizes
+    est.rate(depth, k)
+    threshold = 0.3
+    expected = gate_depth(depth, est.full_map().copy(), threshold)
+    assert 0 < np.isnan(expected).sum() < expected.size
+    gated = depth.copy()
+    made = est.gate(gated, threshold)
+    np.testing.assert_array_equal(np.isnan(gated), np.isnan(expected))
+    np.testing.assert_array_equal(gated[~np.isnan(gated)], depth[~np.isnan(expected)])
+    assert (made is None) == (hw == (480, 640) or hw == (120, 160))  # whole blocks: no frame-size map made
+    strided = np.asfortranarray(depth)  # not C-contiguous: the frame-size path
+    assert est.gate(strided, threshold) is not None
+    np.testing.assert_array_equal(np.isnan(strided), np.isnan(expected))
+    untouched = depth.copy()
+    assert est.gate(untouched, 0.0) is None and not np.isnan(untouched).any()
