@@ -85,16 +85,22 @@ def step_generator(seed: int, phase: str, step: int, micro: int, rank: int) -> t
 
 
 def git_sha(root: Path) -> str:
-    """HEAD commit of the repository holding this package (read from .git, no subprocess), or 'unknown'."""
+    """HEAD commit of the repository holding this package (read from .git, no subprocess), or 'unknown'.
+    A linked worktree's ``.git`` is a file ``gitdir: PATH``: HEAD is read there, branch refs from its common dir."""
     git = root / ".git"
     try:
+        common = git
+        if git.is_file():  # `git worktree add`: .git points at .git/worktrees/NAME, refs live in the main .git
+            git = (root / git.read_text().split("gitdir:", 1)[1].strip()).resolve()
+            common_file = git / "commondir"
+            common = (git / common_file.read_text().strip()).resolve() if common_file.is_file() else git
         head = (git / "HEAD").read_text().strip()
         if head.startswith("ref:"):
             ref = head.split(None, 1)[1]
-            ref_file = git / ref
+            ref_file = common / ref
             if ref_file.is_file():
                 return ref_file.read_text().strip()
-            packed = git / "packed-refs"
+            packed = common / "packed-refs"
             for line in packed.read_text().splitlines() if packed.is_file() else []:
                 if line.endswith(" " + ref):
                     return line.split()[0]

@@ -83,7 +83,7 @@ def test_processing_resolution_check(bad):
 
 def test_resize_policy_defaults_to_keep_aspect_for_configs_written_before_it(tmp_path):
     data = ModelConfig.preset("tiny").to_dict()
-    del data["resize_policy"]  # a config.json from before the field existed (like models/d3_demo_tiny's)
+    del data["resize_policy"]  # a config.json from before the field existed (like the first bundled demo model's)
     (tmp_path / "config.json").write_text(json.dumps(data))
     assert ModelConfig.from_json(tmp_path).resize_policy == "keep_aspect"
     squash = ModelConfig.preset("tiny", resize_policy="squash")

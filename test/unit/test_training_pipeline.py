@@ -144,3 +144,26 @@ def test_two_process_gloo_data_parallel(tmp_path, teacher):
     assert "x 2 processes = effective batch 2" in proc.stderr
     assert (tmp_path / "run/export/model.safetensors").is_file()
     assert [p.name for p in list_checkpoints(tmp_path / "run/joint/checkpoints")] == ["checkpoint-000002"]
+
+
+def test_git_sha_is_read_in_a_plain_checkout_and_in_a_linked_worktree(tmp_path):
+    """A run's provenance names its commit also when trained from `git worktree add` (its .git is a file)."""
+    from d3_training.trainer import git_sha
+
+    sha, other = "a" * 40, "b" * 40
+    main = tmp_path / "main"
+    (main / ".git" / "refs" / "heads").mkdir(parents=True)
+    (main / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (main / ".git" / "refs" / "heads" / "main").write_text(sha + "\n")
+    assert git_sha(main) == sha
+    wt_git = main / ".git" / "worktrees" / "wt"
+    wt_git.mkdir(parents=True)
+    (wt_git / "commondir").write_text("../..\n")
+    wt = tmp_path / "wt"
+    wt.mkdir()
+    (wt / ".git").write_text(f"gitdir: {wt_git}\n")
+    (wt_git / "HEAD").write_text(other + "\n")  # detached
+    assert git_sha(wt) == other
+    (wt_git / "HEAD").write_text("ref: refs/heads/main\n")  # on a branch: the ref is in the main .git
+    assert git_sha(wt) == sha
+    assert git_sha(tmp_path / "nothing") == "unknown"
