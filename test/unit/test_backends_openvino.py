@@ -258,9 +258,22 @@ def test_int8_export_passes_the_gate_and_the_backend_finds_its_model(bundled, in
 
 
 @pytest.mark.slow  # one NNCF quantisation: ~50 s on 2 shared cores
-def test_int8_export_refuses_a_model_beyond_a_zero_tolerance_and_writes_nothing(bundled, tmp_path, capsys):
+def test_int8_export_refuses_a_model_beyond_a_zero_tolerance_and_writes_nothing(bundled, tmp_path, capsys,
+                                                                                 monkeypatch):
     pytest.importorskip("nncf", reason="INT8 export needs nncf")
+    from d3_perception.evaluation import heldout
     from d3_perception.export import main
+
+    # On 8 frames the real INT8 model of the bundled checkpoint may score no worse than fp32 (it did after the
+    # wide-world retrain: all three metrics 0.6-2.3 % *better*), which a zero tolerance accepts. Its measured
+    # AbsRel is made 5 % worse so the refusal path runs for certain; quantisation and evaluation stay real.
+    real = heldout.heldout_quality
+
+    def int8_slightly_worse(backend, *args, **kwargs):
+        q = real(backend, *args, **kwargs)
+        return {**q, "abs_rel": q["abs_rel"] * 1.05} if backend.info.precision == "int8" else q
+
+    monkeypatch.setattr(heldout, "heldout_quality", int8_slightly_worse)
 
     argv = [str(bundled), "--output", str(tmp_path / "m.onnx"), "--exporter", "legacy", "--no-parity",
             "--openvino", "--precision", "int8", "--calibration-frames", "8", "--quality-frames", "8",
@@ -268,7 +281,8 @@ def test_int8_export_refuses_a_model_beyond_a_zero_tolerance_and_writes_nothing(
     rc = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
-    assert err[-1].startswith("d3-export: error: int8 model refused:") and "nothing written" in err[-1]
+    assert err[-1].startswith("d3-export: error: int8 model refused: abs_rel degrades by") and \
+        "nothing written" in err[-1]
     assert not list(tmp_path.rglob("*int8*.xml")) and not list(tmp_path.rglob("*int8*.bin"))
 
 
