@@ -168,14 +168,7 @@ def flying_points(points: np.ndarray, gt_depth_m: np.ndarray, K, keep: np.ndarra
     with np.errstate(invalid="ignore"):
         counted = np.isfinite(rng) & (gt_range > 0)
         flying = counted & (np.abs(rng - gt_range) > rel_threshold * gt_range)
-    if keep is None:
-        kept = counted
-    else:
-        k = np.asarray(keep)
-        if k.shape != gt.shape or k.dtype != bool:
-            raise ValueError(f"`keep` must be bool {gt.shape}; got {k.dtype} {k.shape}")
-        kept = counted & k
-    return FlyingPoints(int(counted.sum()), int(flying.sum()), int(kept.sum()), int((flying & kept).sum()))
+    return _flying_counts(counted, flying, keep)
 
 
 def flying_points_from_depth(pred_depth_m: np.ndarray, gt_depth_m: np.ndarray, keep: np.ndarray | None = None,
@@ -194,12 +187,18 @@ def flying_points_from_depth(pred_depth_m: np.ndarray, gt_depth_m: np.ndarray, k
     with np.errstate(invalid="ignore"):
         counted = np.isfinite(pred) & (gt > 0)
         flying = counted & (np.abs(np.abs(pred) - gt) > rel_threshold * gt)  # |P| = |z| |ray|
+    return _flying_counts(counted, flying, keep)
+
+
+def _flying_counts(counted: np.ndarray, flying: np.ndarray, keep: np.ndarray | None) -> FlyingPoints:
+    """:class:`FlyingPoints` of ``[H,W]`` bool masks ``counted`` and ``flying`` (within ``counted``) under the gate
+    ``keep`` (``[H,W]`` bool; None = keep all)."""
     if keep is None:
         kept = counted
     else:
         k = np.asarray(keep)
-        if k.shape != gt.shape or k.dtype != bool:
-            raise ValueError(f"`keep` must be bool {gt.shape}; got {k.dtype} {k.shape}")
+        if k.shape != counted.shape or k.dtype != bool:
+            raise ValueError(f"`keep` must be bool {counted.shape}; got {k.dtype} {k.shape}")
         kept = counted & k
     return FlyingPoints(int(counted.sum()), int(flying.sum()), int(kept.sum()), int((flying & kept).sum()))
 
