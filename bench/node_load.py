@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32",
                         help="the node's precision parameter (default fp32), e.g. --backend openvino --precision bf16")
     parser.add_argument("--processing-resolution", type=int, default=64)
+    parser.add_argument("--num-threads", type=int, default=0,
+                        help="the node's num_threads parameter (default 0, the node's default: all cores but one)")
     parser.add_argument("--warmup-s", type=float, default=10.0, help="excluded from statistics (default 10)")
     parser.add_argument("--outputs", choices=("info", "all"), default="info",
                         help="info: subscribe to ~/info only (lazy outputs: the node computes nothing else); "
@@ -69,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-for-fresh-frame", choices=("true", "false"), default="true",
                         help="the node's wait_for_fresh_frame parameter (default true, the node's default): "
                              "false takes the pending frame at once, however long it has waited")
-    parser.add_argument("--fresh-frame-max-age-ratio", type=float, default=0.5,
-                        help="the node's fresh_frame_max_age_ratio parameter (default 0.5, the node's default)")
+    parser.add_argument("--fresh-frame-max-age-ratio", type=float, default=0.25,
+                        help="the node's fresh_frame_max_age_ratio parameter (default 0.25, the node's default)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.rate_hz <= 0:
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(ros_environment(lease.domain_id, tmp / "log"))
     spec = node_command(namespace="load", checkpoint=str(ckpt), backend=args.backend, base_env=env,
                         extra_params={"processing_resolution": args.processing_resolution, "precision": args.precision,
-                                      "lazy_outputs": True, "metric.mode": "none",
+                                      "lazy_outputs": True, "metric.mode": "none", "num_threads": args.num_threads,
                                       "wait_for_fresh_frame": args.wait_for_fresh_frame == "true",
                                       "fresh_frame_max_age_ratio": args.fresh_frame_max_age_ratio})
     import subprocess
@@ -214,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         "minutes": args.minutes, "rate_hz": args.rate_hz, "size": f"{args.size[1]}x{args.size[0]}",
         "outputs_subscribed": args.outputs, "other_outputs_received": received["n"],
         "backend": args.backend, "precision": args.precision, "processing_resolution": args.processing_resolution,
+        "num_threads": args.num_threads,
         "wait_for_fresh_frame": args.wait_for_fresh_frame == "true",
         "fresh_frame_max_age_ratio": args.fresh_frame_max_age_ratio,
         "frames_sent": sent, "outputs": len(rows), "frames_dropped_by_node": int(rows[-1][3]) if rows else 0,
@@ -231,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["latency_p95_over_model_p50"] = result["latency_p95_ms"] / result["model_p50_ms"]
     print(f"{args.minutes} min at {args.rate_hz} Hz, {result['size']}, {args.backend} {args.precision} "
-          f"(processing {args.processing_resolution}px), wait_for_fresh_frame {args.wait_for_fresh_frame} "
+          f"(processing {args.processing_resolution}px, num_threads {args.num_threads}), "
+          f"wait_for_fresh_frame {args.wait_for_fresh_frame} "
           f"(max age ratio {args.fresh_frame_max_age_ratio}), "
           f"outputs subscribed: {args.outputs} "
           f"({received['n']} non-info messages received): sent {sent}, outputs {len(rows)}, "

@@ -1,6 +1,7 @@
 """Predictor benchmarks P1-P3 (ratios against named peers measured in the same run), printed as JSON.
 
-P1  ONNX Runtime (our backend's session settings) vs torch eager, same random weights and input.
+P1  ONNX Runtime (our backend's session settings) vs torch eager, same random weights and input; network
+    time (``P1_speedup_vs_torch_eager_fp32``) and full predict (``P1_end_to_end_speedup_vs_torch_eager_fp32``).
 P2  our predictor (torch and ONNX Runtime backends, full pre/post-processing) vs diffusers
     ``MarigoldDepthPipeline`` at 1 step with same-size random weights and the same processing resolution.
 P3  achieved GFLOP/s of the ONNX Runtime path (FLOPs from ``torch.utils.flop_counter`` + attention added
@@ -11,7 +12,7 @@ OpenVINO (issue #18) fp32 / bf16 / int8 and torch bf16 get the same P1/P2 rows; 
 bundled model, docs/model.md). Max abs errors vs torch fp32 are information only (random weights).
 
 Each phase runs in its own process (clean peak RSS, no ORT/torch thread interference), phases in order
-prepare -> peak -> torch -> torch_bf16 -> ort -> openvino -> marigold. Times: median and p95 of ``--runs`` after ``--warmup``.
+prepare -> peak -> torch -> torch_bf16 -> ort -> openvino -> openvino_int8 -> marigold. Times: median and p95 of ``--runs`` after ``--warmup``.
 
 examples:
   .venv/bin/python bench/predictor.py                       # tiny config at 128 px
@@ -223,49 +224,60 @@ def phase_torch_bf16(a) -> dict:
             "max_abs_error_vs_torch_fp32": float(np.abs(out - ref).max()), "peak_rss_gib": _rss_gib()}
 
 
-def phase_openvino(a) -> dict:
-    """OpenVINO fp32, bf16 and int8 through our backend (static shape, ``--threads`` inference threads)."""
-    import openvino
-
+def _openvino_row(a, precision: str) -> dict:
+    """One OpenVINO precision through our backend (static shape, ``--threads`` inference threads)."""
     from d3_perception.backends import create_backend
     from d3_perception.backends.onnx_io import OnnxSpec, onnx_cache_path
 
     ckpt = a.work / "ckpt"
-    onnx_path = onnx_cache_path(ckpt, OnnxSpec(tasks=("depth",)))
+    model = onnx_cache_path(ckpt, OnnxSpec(tasks=("depth",)))
     x = np.load(a.work / "input.npy")
     ref = np.load(a.work / "torch_out.npy")
     r = a.resolution
     img = (np.random.default_rng(1).random((r, r, 3)) * 255).astype(np.uint8)
-    out: dict = {"version": openvino.__version__}
-    for precision in ("fp32", "bf16", "int8"):
-        row: dict = {}
-        model = onnx_path
-        if precision == "int8":
-            if a.int8_calibration < 1:
-                out[precision] = {"skipped": "--int8-calibration 0"}
-                continue
-            try:
-                from d3_perception.openvino_export import quantize_int8
-            except ImportError as err:
-                out[precision] = {"skipped": str(err)}
-                continue
-            t = time.perf_counter()
-            model = quantize_int8(onnx_path, a.work / "ov" / "int8.xml", calibration_frames=a.int8_calibration)
-            row["quantize_s"] = time.perf_counter() - t
+    row: dict = {}
+    if precision == "int8":
+        from d3_perception.openvino_export import quantize_int8
+
         t = time.perf_counter()
-        backend = create_backend("openvino", ckpt, onnx_path=model, device="cpu", precision=precision,
-                                 processing_resolution=r, num_threads=a.threads, cache_dir=a.work / "ov")
-        backend.run_network(x)  # the benchmark's square shape: compiled (and cached) here
-        row["compile_s"] = time.perf_counter() - t
-        net, first = _timeit(lambda b=backend: b.run_network(x), a.runs, a.warmup)
-        got = backend.run_network(x)["depth"]
-        full, _ = _timeit(lambda b=backend: b.predict(img), a.runs, a.warmup)
-        row.update(network=net, first_call_s=first, predict_end_to_end=full,
-                   max_abs_error_vs_torch_fp32=float(np.abs(got - ref).max()))
-        out[precision] = row
-        backend.close()
+        model = quantize_int8(model, a.work / "ov" / "int8.xml", calibration_frames=a.int8_calibration,
+                              calibration_resolution=a.int8_calibration_resolution or r)
+        row.update(quantize_s=time.perf_counter() - t, calibration_frames=a.int8_calibration,
+                   calibration_resolution=a.int8_calibration_resolution or r)
+    t = time.perf_counter()
+    backend = create_backend("openvino", ckpt, onnx_path=model, device="cpu", precision=precision,
+                             processing_resolution=r, num_threads=a.threads, cache_dir=a.work / "ov")
+    backend.run_network(x)  # the benchmark's square shape: compiled (and cached) here
+    row["compile_s"] = time.perf_counter() - t
+    net, first = _timeit(lambda b=backend: b.run_network(x), a.runs, a.warmup)
+    got = backend.run_network(x)["depth"]
+    full, _ = _timeit(lambda b=backend: b.predict(img), a.runs, a.warmup)
+    row.update(network=net, first_call_s=first, predict_end_to_end=full,
+               max_abs_error_vs_torch_fp32=float(np.abs(got - ref).max()))
+    backend.close()
+    return row
+
+
+def phase_openvino(a) -> dict:
+    """OpenVINO fp32 and bf16 (int8 runs in its own process: NNCF's statistics need the memory)."""
+    import openvino
+
+    out: dict = {"version": openvino.__version__}
+    for precision in ("fp32", "bf16"):
+        out[precision] = _openvino_row(a, precision)
     out["peak_rss_gib"] = _rss_gib()
     return out
+
+
+def phase_openvino_int8(a) -> dict:
+    """OpenVINO INT8: NNCF post-training quantisation on ``--int8-calibration`` synthetic frames, then timed."""
+    if a.int8_calibration < 1:
+        return {"skipped": "--int8-calibration 0"}
+    try:
+        import nncf  # noqa: F401
+    except ImportError as err:
+        return {"skipped": str(err)}
+    return {**_openvino_row(a, "int8"), "peak_rss_gib": _rss_gib()}
 
 
 def phase_marigold(a) -> dict:
@@ -300,14 +312,22 @@ def phase_marigold(a) -> dict:
 
 
 PHASES = {"prepare": phase_prepare, "peak": phase_peak, "torch": phase_torch, "torch_bf16": phase_torch_bf16,
-          "ort": phase_ort, "openvino": phase_openvino, "marigold": phase_marigold}
-PHASE_ORDER = ("prepare", "peak", "torch", "torch_bf16", "ort", "openvino", "marigold")
+          "ort": phase_ort, "openvino": phase_openvino, "openvino_int8": phase_openvino_int8,
+          "marigold": phase_marigold}
+PHASE_ORDER = ("prepare", "peak", "torch", "torch_bf16", "ort", "openvino", "openvino_int8", "marigold")
+
+
+def _end_to_end_speedups(torch_row: dict, rows: dict) -> dict:
+    """torch eager's full predict time (pre/post-processing included) over each row's."""
+    return {k: torch_row["predict_end_to_end"]["median_ms"] / v["predict_end_to_end"]["median_ms"]
+            for k, v in rows.items() if "predict_end_to_end" in v}
 
 
 def _run_phase(name: str, a) -> dict:
     cmd = [sys.executable, __file__, "--phase", name, "--work", str(a.work), "--size", a.size,
            "--resolution", str(a.resolution), "--runs", str(a.runs), "--warmup", str(a.warmup),
-           "--threads", str(a.threads), "--int8-calibration", str(a.int8_calibration), "--phases", a.phases] + (
+           "--threads", str(a.threads), "--int8-calibration", str(a.int8_calibration),
+           "--int8-calibration-resolution", str(a.int8_calibration_resolution), "--phases", a.phases] + (
                ["--ort-variants"] if a.ort_variants else [])
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -330,8 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ort-variants", action="store_true", help="also time ORT graph optimisation levels")
     p.add_argument("--int8-calibration", type=int, default=8,
                    help="synthetic calibration frames for the OpenVINO INT8 row (default 8; speed only; 0 = no "
-                        "INT8 row: NNCF's statistics at SD2.1 size 384² took > 20 GiB and were killed on a 23 GiB "
-                        "machine)")
+                        "INT8 row)")
+    p.add_argument("--int8-calibration-resolution", type=int, default=0,
+                   help="long side of the INT8 calibration frames (default 0 = --resolution). NNCF's statistics "
+                        "at the SD2.1 checkpoint's own 768 px took > 20 GiB and were killed on a 23 GiB machine")
     p.add_argument("--phases", default=",".join(PHASE_ORDER),
                    help=f"comma-separated subset of {','.join(PHASE_ORDER)} (prepare and torch are always run: "
                         "every ratio is against torch eager in the same run)")
@@ -354,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             p.error(f"--phases must name phases of {PHASE_ORDER}; got {sorted(bad)}")
         res = {name: _run_phase(name, a) for name in PHASE_ORDER if name in wanted}
+    if "openvino_int8" in res:  # reported beside the other OpenVINO rows
+        res.setdefault("openvino", {})["int8"] = res.pop("openvino_int8")
     if wanted != set(PHASE_ORDER):  # a partial run: the speed-ups against torch eager only
         t = res["torch"]
         rows = {**({"torch_bf16": res["torch_bf16"]} if "torch_bf16" in res else {}),
@@ -365,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                    "phases_run": list(res), "torch_network_median_ms": t["network"]["median_ms"],
                    "P1_speedup_vs_torch_eager_fp32": {k: t["network"]["median_ms"] / v["network"]["median_ms"]
                                                       for k, v in rows.items()},
+                   "P1_end_to_end_speedup_vs_torch_eager_fp32": _end_to_end_speedups(t, rows),
                    "P2_ours_over_marigold": {k: v["predict_end_to_end"]["median_ms"]
                                              / m["predict_end_to_end"]["median_ms"] for k, v in rows.items()}
                    if m else None,
@@ -388,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         "P1_ort_speedup_vs_torch_eager": t["network"]["median_ms"] / o["network"]["median_ms"],
         "P1_parity_max_abs_error": o["parity_max_abs_error"],
         "P1_speedup_vs_torch_eager_fp32": speedups,
+        "P1_end_to_end_speedup_vs_torch_eager_fp32": _end_to_end_speedups(t, cpu_rows),
         "P1_fastest_cpu_backend": {"name": fastest, "speedup": speedups[fastest]},
         "P1_max_abs_error_vs_torch_fp32_random_weights": {
             k: v.get("max_abs_error_vs_torch_fp32", v.get("parity_max_abs_error")) for k, v in cpu_rows.items()},

@@ -129,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
                          "and int8 must pass the held-out quality check against fp32")
     ov.add_argument("--calibration-frames", type=int, default=64,
                     help="int8: synthetic calibration frames for NNCF (default 64)")
+    ov.add_argument("--calibration-resolution", type=int, default=None,
+                    help="int8: long side of the calibration frames, a multiple of 64 (default: the processing "
+                         "resolution; lower it for SD2.1-size models: NNCF's statistics need > 20 GiB at 768)")
     ov.add_argument("--quality-frames", type=int, default=100,
                     help="bf16/int8: held-out synthetic frames of the quality check (default 100)")
     ov.add_argument("--quality-tolerance", type=float, default=0.02,
@@ -228,7 +231,7 @@ def _openvino_step(args: argparse.Namespace, onnx_path: Path) -> dict[str, Any]:
     try:
         return export_openvino(args.checkpoint, onnx_path, precision=args.openvino_precision,
                                cache_dir=args.engine_cache, calibration_frames=args.calibration_frames,
-                               quality_frames=args.quality_frames, tolerance=args.quality_tolerance,
+                               calibration_resolution=args.calibration_resolution, quality_frames=args.quality_frames, tolerance=args.quality_tolerance,
                                num_threads=args.threads)
     except BackendUnavailable as err:
         raise RuntimeError(f"OpenVINO model not built: {err}") from None

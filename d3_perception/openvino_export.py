@@ -42,22 +42,29 @@ def _require_nncf():
     return nncf
 
 
-def calibration_inputs(config, num_frames: int, seed: int | None = None) -> list[np.ndarray]:
+def calibration_inputs(config, num_frames: int, seed: int | None = None,
+                       resolution: int | None = None) -> list[np.ndarray]:
     """Network inputs ``[1,3,h,w]`` float32 (the backends' own pre-processing) of synthetic rooms disjoint from
-    the held-out ones, rendered at 3:4 with the long side at the processing resolution."""
+    the held-out ones, rendered at 3:4 with the long side at ``resolution`` (None = the processing resolution)."""
     from d3_perception.evaluation.heldout import CALIBRATION_SEED, synthetic_frames
     from d3_perception.model.processing import preprocess
 
-    res = config.processing_resolution
+    res = resolution or config.processing_resolution
     hw = (max(8, res * 3 // 4), res)
     frames = synthetic_frames(num_frames, hw, CALIBRATION_SEED if seed is None else seed)
     return [preprocess(f.rgb[None], res, config.input_range)[0] for f in frames]
 
 
 def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *,
-                  calibration_frames: int = DEFAULT_CALIBRATION_FRAMES, seed: int | None = None) -> Path:
+                  calibration_frames: int = DEFAULT_CALIBRATION_FRAMES, seed: int | None = None,
+                  calibration_resolution: int | None = None) -> Path:
     """NNCF post-training INT8 quantisation of an fp32 ONNX export -> OpenVINO IR ``out_path`` (.xml + .bin),
-    written atomically, carrying the d3 config, checkpoint hash and tasks in its ``rt_info``."""
+    written atomically, carrying the d3 config, checkpoint hash and tasks in its ``rt_info``.
+
+    ``calibration_resolution``: long side of the calibration frames (None = the processing resolution). The
+    quantisation parameters do not depend on the input size (the export has dynamic height and width), and
+    NNCF's statistics memory grows with it: an SD2.1-size model at 768 px needs more than 20 GiB.
+    """
     nncf = _require_nncf()
     import openvino as ov
 
@@ -65,13 +72,18 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *,
 
     if isinstance(calibration_frames, bool) or not isinstance(calibration_frames, int) or calibration_frames < 1:
         raise ValueError(f"`calibration_frames` must be an integer >= 1; got {calibration_frames!r}")
+    if calibration_resolution is not None and (
+            isinstance(calibration_resolution, bool) or not isinstance(calibration_resolution, int)
+            or calibration_resolution < 64 or calibration_resolution % 64):
+        raise ValueError(f"`calibration_resolution` must be a multiple of 64 (>= 64) or None; "
+                         f"got {calibration_resolution!r}")
     out_path = Path(out_path)
     if out_path.suffix != ".xml":
         raise ValueError(f"`out_path` must end in .xml (OpenVINO IR); got {str(out_path)!r}")
     config = config_from_onnx(onnx_path)
     meta = read_onnx_metadata(onnx_path)
     model = ov.Core().read_model(str(onnx_path))
-    inputs = calibration_inputs(config, calibration_frames, seed)
+    inputs = calibration_inputs(config, calibration_frames, seed, calibration_resolution)
     logger.info("NNCF INT8 quantisation of %s on %d synthetic calibration frames", onnx_path, len(inputs))
     # MIXED: symmetric weights, asymmetric activations (SiLU/GroupNorm outputs are far from zero-centred).
     with _quiet_stdout():  # NNCF draws progress bars on stdout, where d3-export prints its JSON summary
@@ -120,7 +132,7 @@ def quality_gate(candidate, reference, *, num_frames: int = DEFAULT_QUALITY_FRAM
 def export_openvino(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, *, precision: str = "fp32",
                     cache_dir: str | os.PathLike | None = None, calibration_frames: int = DEFAULT_CALIBRATION_FRAMES,
                     quality_frames: int = DEFAULT_QUALITY_FRAMES, tolerance: float = DEFAULT_QUALITY_TOLERANCE,
-                    num_threads: int | None = None) -> dict[str, Any]:
+                    num_threads: int | None = None, calibration_resolution: int | None = None) -> dict[str, Any]:
     """``d3-export --openvino``: compile (and cache) the model at ``precision``; for int8 first quantise it.
 
     bf16 / int8 pass :func:`quality_gate` against fp32 before they are kept; a refused INT8 IR is deleted.
@@ -153,7 +165,8 @@ def export_openvino(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
                             config_from_onnx(onnx_path).tasks)
     staging = Path(tempfile.mkdtemp(prefix=".ov-int8-candidate-", dir=cache_base))
     try:
-        candidate_path = quantize_int8(onnx_path, staging / final.name, calibration_frames=calibration_frames)
+        candidate_path = quantize_int8(onnx_path, staging / final.name, calibration_frames=calibration_frames,
+                                       calibration_resolution=calibration_resolution)
         candidate = create_backend("openvino", candidate_path, precision="int8", cache_dir=staging, num_threads=num_threads)
         summary["quality"] = quality_gate(candidate, reference, num_frames=quality_frames, tolerance=tolerance)
         candidate.close()
@@ -163,7 +176,9 @@ def export_openvino(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     backend = create_backend("openvino", checkpoint, onnx_path=onnx_path, precision="int8", **common)  # compiled + cached
-    summary.update(model=str(final), calibration_frames=calibration_frames, cache=_status(backend))
+    summary.update(model=str(final), calibration_frames=calibration_frames,
+                   calibration_resolution=calibration_resolution or reference.config.processing_resolution,
+                   cache=_status(backend))
     return summary
 
 

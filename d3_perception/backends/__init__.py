@@ -40,7 +40,7 @@ class BackendUnavailable(RuntimeError):
 def create_backend(name: str, checkpoint: str | os.PathLike, *, device: str | None = None,
                    precision: str = "fp32", processing_resolution: int | None = None,
                    cache_dir: str | os.PathLike | None = None, onnx_path: str | os.PathLike | None = None,
-                   tasks: tuple[str, ...] | None = None, **kwargs) -> Backend:
+                   tasks: tuple[str, ...] | None = None, num_threads: int | None = None, **kwargs) -> Backend:
     """Build a backend for a checkpoint directory.
 
     name: "torch", "onnxruntime", "tensorrt", "openvino" or "auto" (TensorRT -> OpenVINO (x86 CPU without
@@ -56,6 +56,8 @@ def create_backend(name: str, checkpoint: str | os.PathLike, *, device: str | No
     onnx_path: an existing ONNX file to use instead of exporting one (ONNX Runtime, TensorRT, OpenVINO; for
         OpenVINO also an IR ``.xml`` from ``d3-export --openvino``).
     tasks: subset of the checkpoint's tasks to run; None = all.
+    num_threads: CPU inference threads of torch (process-wide), ONNX Runtime and OpenVINO; None = the
+        runtime's default (all cores). TensorRT and plugins do not take it.
     """
     if isinstance(name, str) and name.startswith(PLUGIN_PREFIX):
         return _plugin_factory(name)(checkpoint=str(checkpoint), device=device, precision=precision,
@@ -66,11 +68,12 @@ def create_backend(name: str, checkpoint: str | os.PathLike, *, device: str | No
     if name == "torch":
         from d3_perception.backends.torch_backend import TorchBackend
 
-        return TorchBackend(checkpoint, **common, **kwargs)
+        return TorchBackend(checkpoint, num_threads=num_threads, **common, **kwargs)
     if name == "onnxruntime":
         from d3_perception.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(checkpoint, cache_dir=cache_dir, onnx_path=onnx_path, **common, **kwargs)
+        return OnnxRuntimeBackend(checkpoint, cache_dir=cache_dir, onnx_path=onnx_path, num_threads=num_threads,
+                                  **common, **kwargs)
     if name == "tensorrt":
         from d3_perception.backends.tensorrt_backend import TensorRTBackend
 
@@ -78,7 +81,8 @@ def create_backend(name: str, checkpoint: str | os.PathLike, *, device: str | No
     if name == "openvino":
         from d3_perception.backends.openvino_backend import OpenVinoBackend
 
-        return OpenVinoBackend(checkpoint, cache_dir=cache_dir, onnx_path=onnx_path, **common, **kwargs)
+        return OpenVinoBackend(checkpoint, cache_dir=cache_dir, onnx_path=onnx_path, num_threads=num_threads,
+                               **common, **kwargs)
     reasons: list[str] = []
     for candidate in AUTO_ORDER:
         if candidate == "openvino":  # only the x86-CPU path; a skip is logged like the others
@@ -91,7 +95,7 @@ def create_backend(name: str, checkpoint: str | os.PathLike, *, device: str | No
                 continue
         try:
             backend = create_backend(candidate, checkpoint, cache_dir=cache_dir, onnx_path=onnx_path,
-                                     **common, **kwargs)
+                                     num_threads=num_threads, **common, **kwargs)
         except (BackendUnavailable, ImportError) as err:
             reasons.append(f"{candidate}: {err}")
             logger.info("auto backend: skipping %s: %s", candidate, err)

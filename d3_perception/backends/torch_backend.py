@@ -21,13 +21,14 @@ class TorchBackend(Backend):
 
     ``device``: ``None`` = "cuda" when available, else "cpu". ``precision``: weights and activations in that
     dtype; fp16 is refused on the CPU (PyTorch's CPU fp16 kernels are about 1000x slower than fp32 there).
+    ``num_threads``: ``torch.set_num_threads`` (process-wide: torch has one intra-op pool); None = leave it.
     """
 
     unit_normals = True  # predict() ends in processing.postprocess, which renormalises
 
     def __init__(self, checkpoint: str | os.PathLike, *, device: str | None = None, precision: str = "fp32",
                  processing_resolution: int | None = None, tasks: tuple[str, ...] | None = None,
-                 batch_size: int = 4) -> None:
+                 batch_size: int = 4, num_threads: int | None = None) -> None:
         import torch
 
         from d3_perception.model import load_pretrained
@@ -44,6 +45,10 @@ class TorchBackend(Backend):
             raise ValueError("`precision` must be fp32 or bf16 on the CPU; got 'fp16' (CPU fp16 is unusably slow)")
         if processing_resolution is not None:
             check_processing_resolution(processing_resolution)
+        if num_threads is not None:
+            if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+                raise ValueError(f"`num_threads` must be an integer >= 1 or None; got {num_threads!r}")
+            torch.set_num_threads(num_threads)
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self._model = load_pretrained(checkpoint, device=dev, dtype=dtype, tasks=tasks)
         self._resolution = processing_resolution

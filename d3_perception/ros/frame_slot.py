@@ -8,8 +8,9 @@ period (uniform in ``[0, period)`` when the camera is faster than the model), an
 frame's latency. With ``max_age_s`` set, a pending frame older than that is not taken at once: the worker
 waits for the next frame, which displaces it (counted as a drop, once, by the caller of ``put``) and is
 processed instead; if none arrives by the time it was due (``next_within_s`` after the pending frame) the
-pending frame is processed after all. With ``max_age_s`` = half a period the frame age added to latency is
-at most about half a period while frames come on time, at the cost of some idle worker time.
+pending frame is processed after all. With ``max_age_s`` = a quarter period (the node's default) the frame
+age added to latency is at most about a quarter period while frames come on time, at the cost of some idle
+worker time.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ turns each entry into a ``declare_parameter`` with a ``ParameterDescriptor``.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -22,7 +23,8 @@ from d3_perception.geometry.confidence import (
 from d3_perception.geometry.temporal import StabilizerConfig
 
 __all__ = ["COLORMAPS", "PARAMETERS", "PER_CAMERA", "SPECS", "CameraOverrides", "NodeConfig", "ParamSpec",
-           "check_value", "config_from_values", "config_keeping_good_values", "resolve_checkpoint"]
+           "check_value", "config_from_values", "config_keeping_good_values", "torch_default_threads",
+           "resolve_checkpoint"]
 
 COLORMAPS = ("turbo", "inferno", "viridis", "jet", "magma", "plasma", "gray")
 
@@ -52,6 +54,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("processing_resolution", 0, "long side of the network input in pixels; 0 = checkpoint value",
               read_only=True, min=0, max=4096),
     ParamSpec("engine_cache_dir", "", "TensorRT/ONNX cache directory; '' = backend default", read_only=True),
+    ParamSpec("num_threads", 0, "CPU inference threads (torch, onnxruntime, openvino); 0 = measured default: "
+              "torch all cores but one (at least 1; the spare core keeps DDS and the callbacks from stalling its "
+              "per-op dispatch), onnxruntime and openvino all cores", read_only=True, min=0, max=1024),
     ParamSpec("fallback_backends", [""], "backends tried in order when the running one keeps failing; "
               "[''] = the auto order after the running backend", read_only=True),
     ParamSpec("max_consecutive_failures", 3, "model errors in a row before switching to the next fallback backend",
@@ -81,7 +86,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "after the pending one arrived) and process that one instead (the stale one counts as dropped): "
               "caps the frame age added to latency at that fraction of a period while frames come on time, at "
               "some throughput cost when the camera is faster than the model"),
-    ParamSpec("fresh_frame_max_age_ratio", 0.5, "wait_for_fresh_frame: a pending frame older than this fraction "
+    ParamSpec("fresh_frame_max_age_ratio", 0.25, "wait_for_fresh_frame: a pending frame older than this fraction "
               "of the input period (smoothed arrival interval) is stale; 0 = always wait for the next frame",
               min=0.0, max=1.0),
     # outputs
@@ -200,6 +205,7 @@ class NodeConfig:
     precision: str
     processing_resolution: int
     engine_cache_dir: str
+    num_threads: int
     fallback_backends: tuple[str, ...]
     cameras: tuple[str, ...]  # () = one camera with the plain topic names
     camera_sync_wait_s: float
@@ -279,7 +285,8 @@ class NodeConfig:
     def backend_options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`d3_perception.backends.create_backend` ('' / 0 = its default)."""
         return dict(device=self.device or None, precision=self.precision,
-                    processing_resolution=self.processing_resolution or None, cache_dir=self.engine_cache_dir or None)
+                    processing_resolution=self.processing_resolution or None, cache_dir=self.engine_cache_dir or None,
+                    num_threads=self.num_threads or (torch_default_threads() if self.backend == "torch" else None))
 
     def as_values(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -372,6 +379,15 @@ def config_keeping_good_values(values: dict[str, Any]) -> tuple[NodeConfig, str]
             except ValueError:
                 pass
         return config_from_values(good), str(exc)
+
+
+def torch_default_threads() -> int:
+    """The node's torch threads when ``num_threads`` is 0: the cores this process may use, but one."""
+    # Measured (README, P5, 2 cores, 30 Hz): torch dispatches op by op in Python and each parallel op waits for
+    # a thread the executor preempted; one spare core: tiny model p50 64 -> 47 ms, p95 84 -> 60 ms. ONNX Runtime
+    # and OpenVINO (one call per frame) were faster with every core, so they keep their default.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, cores - 1)
 
 
 def resolve_checkpoint(path: str, backend: str) -> str:

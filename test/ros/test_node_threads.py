@@ -105,3 +105,13 @@ def test_thread_count_changes_at_runtime(make_node):
     assert node.set_parameters([Parameter("postprocess_threads", value=1)])[0].successful
     assert _run(node, sent, False) == one
     assert node._pipeline.workers.threads == 1
+
+
+def test_configure_takes_the_loaded_model_out_of_garbage_collection_and_release_gives_it_back(make_node):
+    # Full collections walking the model's objects stalled the worker for 90-180 ms (README, P5).
+    import gc
+
+    node, _ = make_node()
+    assert gc.get_freeze_count() > 0
+    node._release()
+    assert gc.get_freeze_count() == 0

@@ -286,6 +286,34 @@ def test_int8_export_refuses_a_model_beyond_a_zero_tolerance_and_writes_nothing(
     assert not list(tmp_path.rglob("*int8*.xml")) and not list(tmp_path.rglob("*int8*.bin"))
 
 
+def test_int8_calibration_at_another_resolution_gives_a_model_for_any_input_size(ckpt, ov_backend, torch_backend,
+                                                                                tmp_path, monkeypatch):
+    # What lets an SD2.1-size model be quantised on a 23 GiB machine: calibrate small, run at full size.
+    pytest.importorskip("nncf", reason="INT8 export needs nncf")
+    from d3_perception import openvino_export
+
+    seen = []
+    real = openvino_export.calibration_inputs
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.extend(x.shape for x in out)
+        return out
+
+    monkeypatch.setattr(openvino_export, "calibration_inputs", recording)
+    with pytest.raises(ValueError, match="`calibration_resolution` must be a multiple of 64"):
+        openvino_export.quantize_int8(ov_backend.model_path, tmp_path / "bad.xml", calibration_resolution=100)
+    xml = openvino_export.quantize_int8(ov_backend.model_path, tmp_path / "int8.xml", calibration_frames=2,
+                                        calibration_resolution=128)
+    assert seen == [(1, 3, 128, 128)] * 2  # 96x128 frames padded to 128x128 (the model works at 64)
+    int8 = create_backend("openvino", ckpt, onnx_path=xml, precision="int8", processing_resolution=64,
+                          cache_dir=tmp_path, num_threads=THREADS)
+    img = _frames(1)
+    out = int8.predict(img)["depth"]
+    assert out.shape == (1, 48, 64) and np.isfinite(out).all()
+    assert np.abs(out - torch_backend.predict(img)["depth"]).mean() < 0.1
+
+
 # ----------------------------------------------------------------------------- without nncf
 def test_everything_but_int8_export_runs_without_nncf(ckpt, ov_backend, torch_backend, tmp_path, monkeypatch,
                                                      capsys):

@@ -56,11 +56,26 @@ def test_bf16_runs_close_to_fp32(ckpt):
     ({"name": "torch", "precision": "int8"}, "`precision` must be one of"),
     ({"name": "torch", "processing_resolution": 100}, "multiple of 64"),
     ({"name": "torch", "tasks": ("albedo",)}, "`tasks` must be a non-empty subset"),
+    ({"name": "torch", "num_threads": 0}, "`num_threads` must be an integer >= 1"),
 ])
 def test_bad_settings_are_rejected(ckpt, kwargs, match):
     name = kwargs.pop("name")
     with pytest.raises(ValueError, match=match):
         create_backend(name, ckpt, **kwargs)
+
+
+def test_num_threads_sets_the_torch_intra_op_pool(ckpt):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        backend = create_backend("torch", ckpt, processing_resolution=64, num_threads=1)
+        assert torch.get_num_threads() == 1
+        assert backend.predict(_frames())["depth"].shape == (1, 48, 64)
+        create_backend("torch", ckpt, processing_resolution=64)  # None leaves the pool as it is
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

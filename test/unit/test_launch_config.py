@@ -225,3 +225,19 @@ def test_precision_argument_sets_the_node_parameter_and_is_checked():
         node_command(precision="fp8", base_env={})
     # the launch file passes it through (a full ROS 2 launch cannot run here: read the source)
     assert 'precision=value["precision"]' in (REPO / "launch" / "camera.launch.py").read_text()
+
+
+def test_num_threads_zero_leaves_torch_one_spare_core_and_other_runtimes_their_default(monkeypatch):
+    import os
+
+    from d3_perception.ros import params
+
+    defaults = {p.name: p.default for p in PARAMETERS}
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert config_from_values({**defaults, "backend": "torch"}).backend_options()["num_threads"] == 3
+    for backend in ("onnxruntime", "openvino", "auto"):
+        assert config_from_values({**defaults, "backend": backend}).backend_options()["num_threads"] is None
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert params.torch_default_threads() == 1  # never 0 threads on a one-core machine
+    explicit = config_from_values({**defaults, "backend": "openvino", "num_threads": 2})
+    assert explicit.backend_options()["num_threads"] == 2
