@@ -1,7 +1,9 @@
 """Quality of any backend on held-out synthetic frames (exact labels), and frames for INT8 calibration.
 
-The frames are the ones ``d3_training.evaluate`` scores the bundled model on (same seeds, same views), so a
-backend's numbers here are comparable with ``models/<name>/quality.json``; they are rendered with
+The frames are the ones ``d3_training.evaluate`` scores for the same ``kind`` (same seeds, same views):
+``kind="room"`` (the default, used by the INT8 gate and ``bench/backend_quality.py``) gives its ``--kind room``
+frames, which the first bundled model's ``quality.json`` was recorded on; the wide-world model's
+``quality.json`` families are ``kind="world"`` and ``"shift"``. They are rendered with
 :mod:`d3_perception.synthetic` because ``d3_perception`` must not import ``d3_training``.
 
 Metrics (one metrics core, :mod:`d3_perception.evaluation.metrics`): AbsRel and δ1 after a per-image
