@@ -51,20 +51,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--frames must be >= 1")
 
     from d3_perception.geometry.alignment import MetricAligner, MetricConfig
-    from d3_perception.geometry.confidence import ConfidenceEstimator, gate_depth
+    from d3_perception.geometry.confidence import ConfidenceEstimator, SparsePoints, gate_depth
     from d3_perception.geometry.normals import to_optical_frame_planes
     from d3_perception.geometry.temporal import TemporalStabilizer
 
     node = None if args.no_node else _node_overhead()
     if node is not None:
-        from d3_perception.parallel import RowWorkers
-        from d3_perception.ros.conversions import BufferPool
         from d3_perception.ros.params import SPECS
 
         inputs = node._inputs()
-        _, relative, normals_chw, sparse, K = inputs
-        pool, workers = BufferPool(), RowWorkers(SPECS["postprocess_threads"].default)
-        node_aligner = MetricAligner(MetricConfig(mode="sparse_depth", min_points=50))
+        image_msg, relative, normals_chw, sparse, K = inputs
+        pipe, chain = node.make_pipeline(SPECS["postprocess_threads"].default, inputs)
     else:
         rng = np.random.default_rng(0)
         relative = np.broadcast_to(np.linspace(0.1, 0.9, H, dtype=np.float32)[:, None], (H, W)).copy()
@@ -81,13 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     planes = np.stack(to_optical_frame_planes(normals_chw, "opengl", K, normalise=False))
     rgb = np.random.default_rng(1).integers(0, 256, (H, W, 3), dtype=np.uint8)
     est, stab = ConfidenceEstimator(), TemporalStabilizer()
+    points = SparsePoints(sparse)  # the node finds a reference's returns once per reference message
     conf_out, depth = np.empty((H, W), np.float32), np.empty((H, W), np.float32)
     timings: dict[str, list[float]] = {}
 
     def frame(record: bool) -> None:
         np.copyto(depth, depth0)  # the node's depth buffer of this frame
         t = [time.perf_counter()]
-        est.compute(depth, K, planes, sparse, out=conf_out)
+        # what the node does when depth/confidence is published: rate on the grid, the frame-size map, gate
+        est.rate(depth, K, planes, points)
+        est.full_map(conf_out)
         t.append(time.perf_counter())
         gate_depth(depth, conf_out, args.min_confidence, out=depth)
         t.append(time.perf_counter())
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         stab.update(depth, rgb)
         t.append(time.perf_counter())
         if node is not None:
-            node.ours(*inputs, node_aligner, {}, pool, workers)
+            node.ours(image_msg, pipe, chain, {})
         t.append(time.perf_counter())
         if record:
             for name, a, b in zip(("confidence", "gate", "summary", "stabiliser", "node_overhead"), t[:-1], t[1:],
@@ -110,8 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         frame(True)
     if node is None:
         timings.pop("node_overhead")
-    else:
-        workers.close()
     result = {"benchmark": "confidence", "resolution": f"{W}x{H}", "grid_step": est.config.step((H, W)),
               "load_average_1min": os.getloadavg()[0], "cpu_count": os.cpu_count(),
               **{k: _stats(v) for k, v in timings.items()}}
