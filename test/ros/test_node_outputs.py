@@ -154,9 +154,11 @@ def test_min_confidence_gates_exactly_the_low_confidence_pixels_in_depth_and_poi
         rel[:, w // 3:] = 0.75  # two fronto-parallel planes and a depth step between them
         rel[h // 2:, 2 * w // 3:] = 0.4
         rgb = make_rgb(h, w, rel)
-        stamp = 2000.5
         cloud_msg = None
-        for _ in range(40):
+        for i in range(40):
+            # a stamp per frame: a frame processed before camera_info arrived has depth and confidence (without
+            # the normals cue, which needs K) but no cloud; all three must come from the same frame
+            stamp = 2000.5 + 0.01 * i
             client.pub_info.publish(client.camera_info(h, w, stamp, frame_id="cam_b"))
             client.pub_image.publish(client.image_msg(rgb, "rgb8", stamp, frame_id="cam_b"))
             cloud_msg = client.wait_stamp("points", stamp, 0.5)
