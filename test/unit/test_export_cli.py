@@ -60,6 +60,15 @@ def test_bad_arguments_exit_2_with_one_line(ckpt, tmp_path, capsys, argv, messag
     assert err[-1].startswith("d3-export: error:") and message in err[-1]
 
 
+def test_bad_calibration_resolution_is_refused_before_any_export(ckpt, tmp_path, capsys):
+    pytest.importorskip("nncf", reason="INT8 export needs nncf")
+    rc = main([str(ckpt), "-o", str(tmp_path / "x.onnx"), "--openvino", "--precision", "int8",
+               "--calibration-resolution", "100"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "`--calibration-resolution` must be a multiple of 64" in err[-1]
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_missing_checkpoint_and_tensorrt_without_gpu_fail_cleanly(ckpt, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "d3_perception.export", str(tmp_path / "nope")],
                           capture_output=True, text=True, timeout=120)
