@@ -103,8 +103,13 @@ def test_a_broken_and_a_stalled_camera_leave_the_other_at_full_rate(ros_env, rcl
         assert good.wait_for(lambda: good.count("depth/relative") >= n - 2, 10.0), \
             f"{good.count('depth/relative')} of {n} frames of the good camera\n{node_log(proc)[-3000:]}"
         assert broken.count("depth/relative") == 0
-        d = broken.wait_diag(lambda lvl, msg, v: int(v.get("bad_input.image_encoding", 0)) >= n - 2, 10.0)
-        assert int(d[2]["bad_input.image_encoding"]) >= n - 2 and d[0] == 1, d
+        # each broken frame is refused as bad input, or replaced in the latest-frame slot before the worker got
+        # to it (frames_dropped; the freshness wait drops some at 10 Hz): none is lost or published
+        def accounted(v):
+            return int(v.get("bad_input.image_encoding", 0)) + int(v.get("frames_dropped", 0))
+
+        d = broken.wait_diag(lambda lvl, msg, v: accounted(v) >= n - 2, 10.0)
+        assert accounted(d[2]) >= n - 2 and int(d[2]["bad_input.image_encoding"]) >= n // 2 and d[0] == 1, d
         d = good.wait_diag(lambda lvl, msg, v: int(v.get("frames_processed", 0)) >= n - 2, 10.0)
         # the broken camera's bad inputs are its own (the first frame may beat the first camera_info: not asserted)
         assert "bad_input.image_encoding" not in d[2] and int(d[2]["frames_received"]) >= n - 2, d
