@@ -240,10 +240,11 @@ def _openvino_row(a, precision: str) -> dict:
         from d3_perception.openvino_export import quantize_int8
 
         t = time.perf_counter()
+        calibration_resolution = a.int8_calibration_resolution or r
         model = quantize_int8(model, a.work / "ov" / "int8.xml", calibration_frames=a.int8_calibration,
-                              calibration_resolution=a.int8_calibration_resolution or r)
+                              calibration_resolution=calibration_resolution)
         row.update(quantize_s=time.perf_counter() - t, calibration_frames=a.int8_calibration,
-                   calibration_resolution=a.int8_calibration_resolution or r)
+                   calibration_resolution=calibration_resolution)
     t = time.perf_counter()
     backend = create_backend("openvino", ckpt, onnx_path=model, device="cpu", precision=precision,
                              processing_resolution=r, num_threads=a.threads, cache_dir=a.work / "ov")

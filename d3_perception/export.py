@@ -216,9 +216,10 @@ def _check_precision(args: argparse.Namespace) -> None:
             from d3_perception.openvino_export import _require_nncf
 
             _require_nncf()
-        res = args.calibration_resolution
-        if res is not None and (res < 64 or res % 64):
-            raise ValueError(f"`--calibration-resolution` must be a multiple of 64 (>= 64); got {res}")
+        if args.calibration_resolution is not None:
+            from d3_perception.model.config import check_processing_resolution
+
+            check_processing_resolution(args.calibration_resolution, "--calibration-resolution")
         if args.tensorrt and args.precision is not None:
             raise ValueError("`--precision` must apply to one target: give --tensorrt and --openvino separately")
     if args.tensorrt:

@@ -69,14 +69,12 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *,
     import openvino as ov
 
     from d3_perception.backends.onnx_io import _quiet_stdout, config_from_onnx, read_onnx_metadata
+    from d3_perception.model.config import check_processing_resolution
 
     if isinstance(calibration_frames, bool) or not isinstance(calibration_frames, int) or calibration_frames < 1:
         raise ValueError(f"`calibration_frames` must be an integer >= 1; got {calibration_frames!r}")
-    if calibration_resolution is not None and (
-            isinstance(calibration_resolution, bool) or not isinstance(calibration_resolution, int)
-            or calibration_resolution < 64 or calibration_resolution % 64):
-        raise ValueError(f"`calibration_resolution` must be a multiple of 64 (>= 64) or None; "
-                         f"got {calibration_resolution!r}")
+    if calibration_resolution is not None:
+        check_processing_resolution(calibration_resolution, "calibration_resolution")
     out_path = Path(out_path)
     if out_path.suffix != ".xml":
         raise ValueError(f"`out_path` must end in .xml (OpenVINO IR); got {str(out_path)!r}")
