@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from d3_perception.share_dir import package_share_dir
+
 
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage block): the reason, and where to look."""
@@ -71,9 +73,6 @@ DEMO_MODEL_NAME = "d3_demo_tiny"
 
 def bundled_demo_checkpoint() -> Path | None:
     """``models/d3_demo_tiny`` of the source checkout or the installed ROS share directory; None if absent."""
-    # launch_config.package_share_dir imports no ROS at module level (ament_index only inside, guarded)
-    from d3_perception.ros.launch_config import package_share_dir
-
     ckpt = package_share_dir() / "models" / DEMO_MODEL_NAME
     return ckpt if (ckpt / "config.json").is_file() and (ckpt / "model.safetensors").is_file() else None
 

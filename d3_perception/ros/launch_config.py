@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from d3_perception.backends import BACKENDS, PLUGIN_PREFIX, PRECISIONS
+from d3_perception.share_dir import PACKAGE, package_share_dir  # re-exported: launch files use it from here
 
 __all__ = [
     "BACKEND_CHOICES",
@@ -36,7 +37,6 @@ __all__ = [
     "rviz_spec",
 ]
 
-PACKAGE = "d3_perception"
 NODE_EXECUTABLE = "d3_perception_node"
 NODE_NAME = "d3_perception_node"
 NODE_MODULE = "d3_perception.ros.node"
@@ -108,20 +108,6 @@ def parse_bool(value, name: str = "value") -> bool:
     if text in ("false", "0", "no", "off", ""):
         return False
     raise ValueError(f"`{name}` must be true or false; got {value!r}")
-
-
-def package_share_dir() -> Path:
-    """Where config/, launch/ and models/ live: the source checkout when running from one (so edits to
-    config/ apply without reinstalling), else the installed share/d3_perception from the ament index."""
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "package.xml").is_file() and (checkout / "config").is_dir():
-        return checkout
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory(PACKAGE))
-    except Exception:  # noqa: BLE001 - ament_index missing or package not installed
-        return checkout
 
 
 def _check_namespace(namespace: str) -> str:

@@ -73,6 +73,8 @@ def _package_sources(sub: str) -> list[Path]:
 LAYERS = [
     ("io_utils.py", ("d3_perception",)),  # the bottom: no package imports at all
     ("parallel.py", ("d3_perception",)),
+    ("share_dir.py", ("d3_perception",)),
+    ("cli_args.py", ("d3_perception.ros", "d3_perception.model", "d3_perception.backends")),  # every CLI's parser
     ("image_codec.py", ("d3_perception.model", "d3_perception.backends", "d3_perception.evaluation",
                         "d3_perception.synthetic", "d3_perception.ros")),
     ("geometry", ("d3_perception.model", "d3_perception.backends", "d3_perception.evaluation",
