@@ -1,9 +1,9 @@
-"""Quality of every backend x precision on the trained bundled model, over the held-out synthetic rooms.
+"""Quality of every backend x precision on the trained bundled model, over the held-out frames of its own (wide) synthetic world.
 
 AbsRel, δ1 and mean normal angle (d3_perception.evaluation.heldout: the frames of models/*/quality.json) per
 backend, with the relative change against torch fp32 (positive = worse), and the max abs output error vs
 torch fp32 on the same frames (information only). INT8 is quantised here by the same code as
-``d3-export --openvino --precision int8`` (NNCF, ``--calibration-frames`` synthetic rooms, no gate).
+``d3-export --openvino --precision int8`` (NNCF, ``--calibration-frames`` synthetic world frames, no gate).
 
   .venv/bin/python bench/backend_quality.py --frames 200 --json bench/backend_quality.json
 """
@@ -24,6 +24,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from d3_perception.openvino_export import DEFAULT_CALIBRATION_FRAMES  # noqa: E402 - after the path insert
+
 ROWS = (("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"),
         ("openvino", "bf16"), ("openvino", "int8"))
 
@@ -33,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=REPO / "models" / "d3_demo_tiny")
     p.add_argument("--frames", type=int, default=200, help="held-out frames (default 200, as quality.json)")
-    p.add_argument("--calibration-frames", type=int, default=64, help="INT8 calibration frames (default 64)")
+    p.add_argument("--calibration-frames", type=int, default=DEFAULT_CALIBRATION_FRAMES,
+                   help=f"INT8 calibration frames (default {DEFAULT_CALIBRATION_FRAMES}, as d3-export)")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime / OpenVINO / torch threads (default 2)")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)

@@ -18,6 +18,7 @@ import numpy as np
 
 from d3_perception.backends.onnx_io import DEFAULT_OPSET, EXPORTERS, export_onnx
 from d3_perception.cli_args import run_cli
+from d3_perception.openvino_export import DEFAULT_CALIBRATION_FRAMES
 
 __all__ = ["build_tensorrt_engine", "export_onnx", "main", "parity_report"]
 
@@ -30,8 +31,8 @@ EPILOG = """examples:
   d3-export models/d3_tiny --output depth_576x768.onnx --height 576 --width 768 --tasks depth
   # on a GPU machine (e.g. Jetson): also build a validated FP16 TensorRT engine into a cache directory
   d3-export models/d3_sd21 --output d3.onnx --tensorrt --precision fp16 --resolution 512 --engine-cache engines/
-  # x86 CPU: NNCF INT8 model (64 synthetic calibration frames), refused if held-out quality drops > 2 %
-  d3-export models/d3_demo_tiny --openvino --precision int8 --calibration-frames 64 --quality-tolerance 0.02
+  # x86 CPU: NNCF INT8 model (128 synthetic calibration frames), refused if held-out quality drops > 2 %
+  d3-export models/d3_demo_tiny --openvino --precision int8 --calibration-frames 128 --quality-tolerance 0.02
 """
 
 
@@ -127,8 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     ov.add_argument("--openvino", action="store_true",
                     help="compile and cache an OpenVINO model (fp32/bf16) or quantise one with NNCF (int8); bf16 "
                          "and int8 must pass the held-out quality check against fp32")
-    ov.add_argument("--calibration-frames", type=int, default=64,
-                    help="int8: synthetic calibration frames for NNCF (default 64)")
+    ov.add_argument("--calibration-frames", type=int, default=DEFAULT_CALIBRATION_FRAMES,
+                    help=f"int8: synthetic calibration frames for NNCF (default {DEFAULT_CALIBRATION_FRAMES})")
     ov.add_argument("--calibration-resolution", type=int, default=None,
                     help="int8: long side of the calibration frames, a multiple of 64 (default: the processing "
                          "resolution; lower it for SD2.1-size models: NNCF's statistics need > 20 GiB at 768)")

@@ -1,9 +1,9 @@
 """Quality of any backend on held-out synthetic frames (exact labels), and frames for INT8 calibration.
 
 The frames are the ones ``d3_training.evaluate`` scores for the same ``kind`` (same seeds, same views):
-``kind="room"`` (the default, used by the INT8 gate and ``bench/backend_quality.py``) gives its ``--kind room``
-frames, which the first bundled model's ``quality.json`` was recorded on; the wide-world model's
-``quality.json`` families are ``kind="world"`` and ``"shift"``. They are rendered with
+``kind="world"`` (the default: the INT8 calibration and gate and ``bench/backend_quality.py``) gives the
+in-distribution family of the bundled model's ``quality.json`` (the wide world it is trained on), ``"shift"``
+its held-out family, ``"room"`` the first bundled model's rooms. They are rendered with
 :mod:`d3_perception.synthetic` because ``d3_perception`` must not import ``d3_training``.
 
 Metrics (one metrics core, :mod:`d3_perception.evaluation.metrics`): AbsRel and δ1 after a per-image
@@ -28,9 +28,9 @@ __all__ = [
     "synthetic_frames",
 ]
 
-#: Seed of the held-out rooms (the value of ``d3_training.evaluate.HELD_OUT_SEED``; training uses small seeds).
+#: Seed of the held-out frames (the value of ``d3_training.evaluate.HELD_OUT_SEED``; training uses small seeds).
 HELD_OUT_SEED = 9_999
-#: Seed of the calibration rooms for post-training quantisation: disjoint from the held-out rooms.
+#: Seed of the calibration frames for post-training quantisation: disjoint from the held-out frames.
 CALIBRATION_SEED = 4_242
 #: Reported keys: AbsRel (fraction, lower is better), δ1 (fraction, higher is better), mean angle (degrees).
 QUALITY_KEYS = ("abs_rel", "delta1", "normals_mean_deg")
@@ -56,7 +56,7 @@ def _sequence(scene_seed: int, kind: str, hw: tuple[int, int]):
 
 
 def synthetic_frames(num_frames: int, hw: tuple[int, int] = (64, 64), seed: int = HELD_OUT_SEED,
-                     kind: str = "room") -> Iterator[LabelledFrame]:
+                     kind: str = "world") -> Iterator[LabelledFrame]:
     """``num_frames`` deterministic views: frame i = scene (seed, i // 4) at view i % 4 (the training sampler's
     indexing, so seed 9999 gives exactly the held-out frames of ``d3_training.evaluate``)."""
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
@@ -71,7 +71,7 @@ def synthetic_frames(num_frames: int, hw: tuple[int, int] = (64, 64), seed: int 
 
 
 def heldout_quality(backend, num_frames: int = 200, hw: tuple[int, int] = (64, 64), seed: int = HELD_OUT_SEED,
-                    kind: str = "room") -> dict[str, float]:
+                    kind: str = "world") -> dict[str, float]:
     """Mean AbsRel, δ1 and normal angle of ``backend`` (any :class:`~d3_perception.backends.Backend`) on the
     held-out frames. Normals are compared as the backend returns them (checkpoints in the optical convention)."""
     from d3_perception.evaluation.metrics import align_depth, depth_metrics, normal_angles_deg
