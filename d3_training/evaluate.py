@@ -10,6 +10,7 @@ Held-out families (fixed seed ``HELD_OUT_SEED``, never used by a training config
 
     python -m d3_training.evaluate models/d3_demo_tiny --num-frames 200 --families --json out.json
     python -m d3_training.evaluate models/d3_demo_tiny --num-frames 200 --kind room
+    python -m d3_training.evaluate models/d3_demo_tiny --num-frames 200 --families --vae-ceiling
 """
 
 from __future__ import annotations
@@ -122,6 +123,43 @@ def evaluate_checkpoint(checkpoint: str | Path, num_frames: int = 100, hw: tuple
     return result
 
 
+def vae_ceiling(checkpoint: str | Path, num_frames: int = 100, hw: tuple[int, int] = (64, 64),
+                seed: int = HELD_OUT_SEED, kind: str = "world", progress: bool = True) -> dict:
+    """The same metrics as :func:`evaluate_checkpoint` for the exact labels passed through the checkpoint's VAE
+    alone (the training targets: depth as its 2/98 % quantile map, normals as they are -> encode -> decode ->
+    the network's heads): the best any student that decodes through this VAE can score on these frames."""
+    import torch
+
+    from d3_perception.model.checkpoint import load_pretrained
+    from d3_training.data import SyntheticDataset
+    from d3_training.losses import normalize_depth
+
+    model = load_pretrained(checkpoint)
+    data = SyntheticDataset(hw, num_frames, seed, kind)
+    rows: dict[str, list[float]] = {k: [] for k in METRICS}
+
+    def round_trip(maps: np.ndarray) -> np.ndarray:  # [3,H,W] in [-1,1] -> decoded, clamped as the heads do
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(maps, np.float32))[None]
+            return model.decode(model.encode(x)).clamp(-1.0, 1.0)[0].numpy()
+
+    for i in tqdm(range(num_frames), desc=f"vae ceiling {kind}", disable=not progress):
+        s = data[i]
+        depth, valid = np.asarray(s["depth_m"], np.float32), np.asarray(s["valid_depth"], bool)
+        if valid.sum() > 10:
+            d01 = normalize_depth(torch.from_numpy(depth)[None], torch.from_numpy(valid)[None])[0].numpy()
+            pred = (round_trip(np.repeat((d01 * 2 - 1)[None], 3, 0)).mean(0) + 1.0) * 0.5  # the depth head
+            a, d = depth_metrics(pred, depth, valid)
+            rows["abs_rel"].append(a)
+            rows["delta1"].append(d)
+        if s["valid_normals"].sum() > 10:
+            normals = round_trip(np.asarray(s["normals"], np.float32))
+            rows["normals_mean_deg"].append(normal_angle_deg(normals, s["normals"], s["valid_normals"]))
+    return {**{k: float(np.mean(v)) for k, v in rows.items() if v},
+            "num_frames": num_frames, "resolution": list(hw), "seed": seed, "kind": kind,
+            "checkpoint": str(checkpoint)}
+
+
 def evaluate_families(checkpoint: str | Path, num_frames: int = 200, hw: tuple[int, int] = (64, 64),
                       seed: int = HELD_OUT_SEED, progress: bool = True) -> dict[str, dict]:
     """:func:`evaluate_checkpoint` on both held-out families: ``{"in_distribution": {...}, "shift": {...}}``."""
@@ -161,10 +199,18 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--kind", choices=SCENE_KINDS, default="room", help="scene kind of the frames (default room)")
     where.add_argument("--families", action="store_true",
                        help="both held-out families of the wide world (in_distribution = world, shift)")
+    p.add_argument("--vae-ceiling", action="store_true",
+                   help="score the exact labels passed through the checkpoint's VAE alone instead of the model: "
+                        "the best any student decoding through it can reach")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
     try:
-        if args.families:
+        if args.vae_ceiling:
+            kinds = EVAL_FAMILIES if args.families else {args.kind: args.kind}
+            res = {name: vae_ceiling(args.checkpoint, args.num_frames, tuple(args.resolution), args.seed, kind)
+                   for name, kind in kinds.items()}
+            res = res if args.families else res[args.kind]
+        elif args.families:
             res = evaluate_families(args.checkpoint, args.num_frames, tuple(args.resolution), args.seed)
         else:
             res = evaluate_checkpoint(args.checkpoint, args.num_frames, tuple(args.resolution), args.seed, args.kind)
@@ -173,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     text = json.dumps(res, indent=1)
     print(text)
-    if args.families:
+    if args.families and not args.vae_ceiling:
         print(quality_table({"model": res}))
     if args.json:
         Path(args.json).write_text(text + "\n")
