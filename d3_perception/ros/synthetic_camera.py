@@ -35,6 +35,7 @@ from std_msgs.msg import Header
 
 from d3_perception.geometry.units import m_to_mm
 from d3_perception.image_codec import encode_image
+from d3_perception.ros.entry import ignore_further_signals
 from d3_perception.synthetic.camera_config import CAMERA_PARAMETERS, SyntheticCameraConfig
 from d3_perception.synthetic.render import Frame
 from d3_perception.synthetic.sequence import SyntheticSequence
@@ -258,12 +259,6 @@ class _StopSignals:
     def stop(self) -> bool:
         return bool(self.received)
 
-    @staticmethod
-    def ignore_further() -> None:
-        """During cleanup and interpreter exit (which resets Python handlers to the default, fatal one)."""
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
-
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``synthetic_camera`` executable; ``argv`` without the program name."""
@@ -290,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         if signals is not None:
-            signals.ignore_further()  # shutting down: more signals must not interrupt the cleanup
+            ignore_further_signals()  # shutting down: more signals must not interrupt the cleanup or exit
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
