@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from d3_perception.geometry.normals import NORMAL_CONVENTIONS
+
 logger = logging.getLogger(__name__)
 
 TASKS = ("depth", "normals")
@@ -53,8 +55,9 @@ class DatasetSpec:
             raise ConfigError(f"`data.*.weight` must be > 0; got {self.weight}")
         if self.num_samples < 1:
             raise ConfigError(f"`data.*.num_samples` must be >= 1; got {self.num_samples}")
-        if self.normals_convention not in ("optical", "opengl"):
-            raise ConfigError(f"`normals_convention` must be 'optical' or 'opengl'; got {self.normals_convention!r}")
+        if self.normals_convention not in NORMAL_CONVENTIONS:  # the runtime's table: one list of conventions
+            raise ConfigError(f"`normals_convention` must be one of {sorted(NORMAL_CONVENTIONS)}; got "
+                              f"{self.normals_convention!r}")
 
 
 @dataclass(frozen=True)

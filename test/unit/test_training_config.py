@@ -37,6 +37,11 @@ def test_bad_keys_and_values_name_the_key(tmp_path):
         load_config(None, ["run.seed=x"])
     with pytest.raises(ConfigError, match="cycle"):
         load_config(_write(tmp_path / "loop.yaml", "base_config: loop.yaml\n"))
+    # the runtime's list of normals conventions (geometry.normals), named in the error
+    labeled = "data: {labeled: [{kind: folder, path: data, normals_convention: %s}]}\n"
+    with pytest.raises(ConfigError, match=r"`normals_convention` must be one of \['opengl', 'optical'\]; got 'dx'"):
+        load_config(_write(tmp_path / "n.yaml", labeled % "dx"))
+    assert load_config(_write(tmp_path / "g.yaml", labeled % "opengl")).data.labeled[0].normals_convention == "opengl"
 
 
 def test_shipped_configs_load():
