@@ -129,7 +129,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="compile and cache an OpenVINO model (fp32/bf16) or quantise one with NNCF (int8); bf16 "
                          "and int8 must pass the held-out quality check against fp32")
     ov.add_argument("--calibration-frames", type=int, default=DEFAULT_CALIBRATION_FRAMES,
-                    help=f"int8: synthetic calibration frames for NNCF (default {DEFAULT_CALIBRATION_FRAMES})")
+                    help=f"int8: calibration frames for NNCF (default {DEFAULT_CALIBRATION_FRAMES}; with "
+                         "--calibration-images at most this many, spread over them)")
+    ov.add_argument("--calibration-images", nargs="+", metavar="PATH", default=None,
+                    help="int8: calibrate on these images (files, folders searched recursively, globs), e.g. "
+                         "frames of the deployment camera, instead of synthetic frames; the quality check still "
+                         "uses the held-out synthetic frames")
     ov.add_argument("--calibration-resolution", type=int, default=None,
                     help="int8: long side of the calibration frames, a multiple of 64 (default: the processing "
                          "resolution; lower it for SD2.1-size models: NNCF's statistics need > 20 GiB at 768)")
@@ -221,6 +226,12 @@ def _check_precision(args: argparse.Namespace) -> None:
             from d3_perception.model.config import check_processing_resolution
 
             check_processing_resolution(args.calibration_resolution, "--calibration-resolution")
+        if args.calibration_images:
+            if args.openvino_precision != "int8":
+                raise ValueError("`--calibration-images` must come with --precision int8 (only INT8 is calibrated)")
+            from d3_perception.openvino_export import _calibration_files
+
+            _calibration_files(args.calibration_images, args.calibration_frames)  # nothing found: stop now
         if args.tensorrt and args.precision is not None:
             raise ValueError("`--precision` must apply to one target: give --tensorrt and --openvino separately")
     if args.tensorrt:
@@ -236,8 +247,9 @@ def _openvino_step(args: argparse.Namespace, onnx_path: Path) -> dict[str, Any]:
     try:
         return export_openvino(args.checkpoint, onnx_path, precision=args.openvino_precision,
                                cache_dir=args.engine_cache, calibration_frames=args.calibration_frames,
-                               calibration_resolution=args.calibration_resolution, quality_frames=args.quality_frames, tolerance=args.quality_tolerance,
-                               num_threads=args.threads)
+                               calibration_resolution=args.calibration_resolution,
+                               calibration_images=args.calibration_images, quality_frames=args.quality_frames,
+                               tolerance=args.quality_tolerance, num_threads=args.threads)
     except BackendUnavailable as err:
         raise RuntimeError(f"OpenVINO model not built: {err}") from None
     except QualityRejected as err:

@@ -44,14 +44,42 @@ def _require_nncf():
     return nncf
 
 
-def calibration_inputs(config, num_frames: int, seed: int | None = None,
-                       resolution: int | None = None) -> list[np.ndarray]:
-    """Network inputs ``[1,3,h,w]`` float32 (the backends' own pre-processing) of synthetic world frames disjoint from
-    the held-out ones, rendered at 3:4 with the long side at ``resolution`` (None = the processing resolution)."""
-    from d3_perception.evaluation.heldout import CALIBRATION_SEED, synthetic_frames
+def _calibration_files(images: list[str | os.PathLike], num_frames: int) -> list[Path]:
+    """The image files of ``images`` (files, folders searched recursively, globs) that calibrate INT8: all of
+    them up to ``num_frames``, else ``num_frames`` spread evenly over their sorted list (a recording's frames
+    in order: spread over it, not its first second). Raises ``ValueError`` naming what matched nothing."""
+    from d3_perception.image_files import collect_inputs
+
+    files, unmatched = collect_inputs([str(p) for p in images], recursive=True)
+    if unmatched or not files:
+        raise ValueError(f"`--calibration-images` must name image files or folders holding some; nothing found in "
+                         f"{', '.join(unmatched or [str(p) for p in images])}")
+    if len(files) <= num_frames:
+        return files
+    return [files[i * len(files) // num_frames] for i in range(num_frames)]
+
+
+def calibration_inputs(config, num_frames: int, seed: int | None = None, resolution: int | None = None,
+                       images: list[str | os.PathLike] | None = None) -> list[np.ndarray]:
+    """Network inputs ``[1,3,h,w]`` float32 (the backends' own pre-processing) with the long side at
+    ``resolution`` (None = the processing resolution): of ``images`` (:func:`_calibration_files`; frames of the
+    deployment camera calibrate a real-image model far better than synthetic ones), else of synthetic world
+    frames disjoint from the held-out ones, rendered at 3:4."""
     from d3_perception.model.processing import preprocess
 
     res = resolution or config.processing_resolution
+    if images:
+        from d3_perception.image_files import read_rgb
+
+        inputs = []
+        for path in _calibration_files(images, num_frames):
+            rgb = read_rgb(path)
+            if rgb is None:
+                raise ValueError(f"`--calibration-images`: cannot read {path} as an image")
+            inputs.append(preprocess(rgb[None], res, config.input_range)[0])
+        return inputs
+    from d3_perception.evaluation.heldout import CALIBRATION_SEED, synthetic_frames
+
     hw = (max(8, res * 3 // 4), res)
     frames = synthetic_frames(num_frames, hw, CALIBRATION_SEED if seed is None else seed)
     return [preprocess(f.rgb[None], res, config.input_range)[0] for f in frames]
@@ -84,10 +112,13 @@ def fp32_scope(onnx_path: str | os.PathLike) -> list[str]:
 
 def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *,
                   calibration_frames: int = DEFAULT_CALIBRATION_FRAMES, seed: int | None = None,
-                  calibration_resolution: int | None = None) -> Path:
+                  calibration_resolution: int | None = None,
+                  calibration_images: list[str | os.PathLike] | None = None) -> Path:
     """NNCF post-training INT8 quantisation of an fp32 ONNX export -> OpenVINO IR ``out_path`` (.xml + .bin),
     written atomically, carrying the d3 config, checkpoint hash and tasks in its ``rt_info``.
 
+    ``calibration_images``: image files / folders / globs to calibrate on (up to ``calibration_frames`` of them,
+    :func:`_calibration_files`) instead of synthetic frames.
     ``calibration_resolution``: long side of the calibration frames (None = the processing resolution). The
     quantisation parameters do not depend on the input size (the export has dynamic height and width), and
     NNCF's statistics memory grows with it: an SD2.1-size model at 768 px needs more than 20 GiB.
@@ -108,8 +139,9 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *,
     config = config_from_onnx(onnx_path)
     meta = read_onnx_metadata(onnx_path)
     model = ov.Core().read_model(str(onnx_path))
-    inputs = calibration_inputs(config, calibration_frames, seed, calibration_resolution)
-    logger.info("NNCF INT8 quantisation of %s on %d synthetic calibration frames", onnx_path, len(inputs))
+    inputs = calibration_inputs(config, calibration_frames, seed, calibration_resolution, calibration_images)
+    logger.info("NNCF INT8 quantisation of %s on %d %s calibration frames", onnx_path, len(inputs),
+                "image-file" if calibration_images else "synthetic")
     # OpenVINO names a Conv's convolution "<onnx name>/WithoutBiases" and its bias add "<onnx name>"
     keep = [f"{re.escape(name)}(/WithoutBiases)?$" for name in fp32_scope(onnx_path)]  # NNCF: re.match
     # MIXED: symmetric weights, asymmetric activations (SiLU/GroupNorm outputs are far from zero-centred).
@@ -160,8 +192,10 @@ def quality_gate(candidate, reference, *, num_frames: int = DEFAULT_QUALITY_FRAM
 def export_openvino(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, *, precision: str = "fp32",
                     cache_dir: str | os.PathLike | None = None, calibration_frames: int = DEFAULT_CALIBRATION_FRAMES,
                     quality_frames: int = DEFAULT_QUALITY_FRAMES, tolerance: float = DEFAULT_QUALITY_TOLERANCE,
-                    num_threads: int | None = None, calibration_resolution: int | None = None) -> dict[str, Any]:
-    """``d3-export --openvino``: compile (and cache) the model at ``precision``; for int8 first quantise it.
+                    num_threads: int | None = None, calibration_resolution: int | None = None,
+                    calibration_images: list[str | os.PathLike] | None = None) -> dict[str, Any]:
+    """``d3-export --openvino``: compile (and cache) the model at ``precision``; for int8 first quantise it
+    (on ``calibration_images`` when given, else synthetic frames).
 
     bf16 / int8 pass :func:`quality_gate` against fp32 before they are kept; a refused INT8 IR is deleted.
     Returns a JSON-ready summary (model file, compiled-model cache status, quality report).
@@ -174,6 +208,8 @@ def export_openvino(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
         raise ValueError(f"`precision` must be fp32, bf16 or int8 for --openvino; got {precision!r}")
     if precision == "int8":
         _require_nncf()  # fail before any work
+        if calibration_images:  # found (or refused) before any work, and the same files for the summary
+            calibration_images = [str(p) for p in _calibration_files(calibration_images, calibration_frames)]
     checkpoint, onnx_path = Path(checkpoint), Path(onnx_path)
     cache_base = Path(cache_dir) if cache_dir is not None else (
         default_cache_dir(checkpoint) if checkpoint.is_dir() else onnx_path.parent)
@@ -194,7 +230,8 @@ def export_openvino(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
     staging = Path(tempfile.mkdtemp(prefix=".ov-int8-candidate-", dir=cache_base))
     try:
         candidate_path = quantize_int8(onnx_path, staging / final.name, calibration_frames=calibration_frames,
-                                       calibration_resolution=calibration_resolution)
+                                       calibration_resolution=calibration_resolution,
+                                       calibration_images=calibration_images)
         candidate = create_backend("openvino", candidate_path, precision="int8", cache_dir=staging, num_threads=num_threads)
         summary["quality"] = quality_gate(candidate, reference, num_frames=quality_frames, tolerance=tolerance)
         candidate.close()
@@ -204,7 +241,8 @@ def export_openvino(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     backend = create_backend("openvino", checkpoint, onnx_path=onnx_path, precision="int8", **common)  # compiled + cached
-    summary.update(model=str(final), calibration_frames=calibration_frames,
+    summary.update(model=str(final), calibration_frames=len(calibration_images) if calibration_images
+                   else calibration_frames, calibration_source="images" if calibration_images else "synthetic",
                    calibration_resolution=calibration_resolution or reference.config.processing_resolution,
                    cache=_status(backend))
     return summary

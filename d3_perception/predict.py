@@ -11,7 +11,6 @@ Per input image ``<stem>`` it writes into ``--output``:
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import sys
@@ -21,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from d3_perception.backends import BACKENDS, PRECISIONS
+from d3_perception.image_files import IMAGE_SUFFIXES, collect_inputs, read_rgb
 
 __all__ = ["IMAGE_SUFFIXES", "collect_inputs", "main", "save_outputs"]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 EPILOG = """examples:
   d3-predict photo.jpg -o out/        # the bundled demo model (synthetic-trained; says so on stderr)
@@ -58,35 +57,6 @@ class _Intrinsics:
         cx = (w - 1) / 2.0 if self.cx is None else self.cx
         cy = (h - 1) / 2.0 if self.cy is None else self.cy
         return np.array([[self.fx, 0.0, cx], [0.0, self.fy, cy], [0.0, 0.0, 1.0]])
-
-
-def collect_inputs(patterns: list[str], recursive: bool = False) -> tuple[list[Path], list[str]]:
-    """Expand files, folders and globs (sorted, de-duplicated). Returns (images, patterns matching nothing)."""
-    found: dict[Path, None] = {}
-    unmatched: list[str] = []
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            it = path.rglob("*") if recursive else path.iterdir()
-            hits = sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.exists():
-            hits = [path]
-        else:
-            hits = sorted(Path(p) for p in glob.glob(pattern, recursive=recursive) if Path(p).is_file())
-        if not hits:
-            unmatched.append(pattern)
-        for hit in hits:
-            found.setdefault(hit, None)
-    return list(found), unmatched
-
-
-def _read_rgb(path: Path) -> np.ndarray | None:
-    import cv2
-
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        return None
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # [H,W,3] uint8
 
 
 def _colorize(depth: np.ndarray, cmap: str) -> np.ndarray:
@@ -261,7 +231,7 @@ def _run(args: argparse.Namespace, backend, files: list[Path], intr: _Intrinsics
                 stem = f"{stem}_{stems[stem]}"
             else:
                 stems[stem] = 0
-            rgb = _read_rgb(path)
+            rgb = read_rgb(path)
             if rgb is None:
                 failed.append((path, "not a readable image"))
                 tqdm.write(f"d3-predict: skipped {path}: not a readable image", file=sys.stderr)

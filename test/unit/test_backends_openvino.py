@@ -367,3 +367,36 @@ def test_int8_keeps_the_first_and_last_convolution_of_each_network_in_fp32(ov_ba
     path = ov_backend.model_path.parent / "dynamo_names.onnx"
     onnx.save(helper.make_model(graph), path)
     assert fp32_scope(path) == ["node_conv2d", "node_conv2d_9"]
+
+
+def test_int8_calibrates_on_image_files_spread_over_a_recording(ckpt, ov_backend, torch_backend, tmp_path):
+    """--calibration-images: the frames of a folder (a recording, in name order) are read, pre-processed as the
+    backends do and spread over the recording when there are more than the calibration frames; the INT8 model
+    made from them runs."""
+    pytest.importorskip("nncf", reason="INT8 export needs nncf")
+    import cv2
+
+    from d3_perception.backends.onnx_io import config_from_onnx
+    from d3_perception.model.processing import preprocess
+    from d3_perception.openvino_export import _calibration_files, calibration_inputs, quantize_int8
+
+    rec = tmp_path / "recording" / "cam0"
+    rec.mkdir(parents=True)
+    frames = _frames(6, 48, 64, seed=3)
+    for i, rgb in enumerate(frames):
+        cv2.imwrite(str(rec / f"frame_{i:03d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    (rec / "info.txt").write_text("not an image")
+    picked = _calibration_files([tmp_path / "recording"], 3)
+    assert [p.name for p in picked] == ["frame_000.png", "frame_002.png", "frame_004.png"]  # spread, in order
+    assert len(_calibration_files([tmp_path / "recording"], 10)) == 6  # fewer than asked: all of them
+    config = config_from_onnx(ov_backend.model_path)
+    inputs = calibration_inputs(config, 3, images=[str(tmp_path / "recording")])
+    for x, i in zip(inputs, (0, 2, 4), strict=True):  # exactly the backends' pre-processing of those files
+        np.testing.assert_array_equal(x, preprocess(frames[i][None], config.processing_resolution,
+                                                    config.input_range)[0])
+    xml = quantize_int8(ov_backend.model_path, tmp_path / "int8.xml", calibration_frames=3,
+                        calibration_images=[str(rec / "*.png")])
+    int8 = create_backend("openvino", xml, precision="int8", num_threads=THREADS)
+    out = int8.predict(frames[:1])
+    ref = torch_backend.predict(frames[:1])
+    assert out["depth"].shape == ref["depth"].shape and np.isfinite(out["depth"]).all()

@@ -69,6 +69,22 @@ def test_bad_calibration_resolution_is_refused_before_any_export(ckpt, tmp_path,
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_calibration_images_that_match_nothing_are_refused_before_any_export(ckpt, tmp_path, capsys):
+    pytest.importorskip("nncf", reason="INT8 export needs nncf")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    for extra, message in (([str(tmp_path / "empty")], "nothing found in"),
+                           ([str(tmp_path / "missing" / "*.png")], "nothing found in")):
+        rc = main([str(ckpt), "-o", str(tmp_path / "x.onnx"), "--openvino", "--precision", "int8",
+                   "--calibration-images", *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and "`--calibration-images` must name image files" in err[-1] and message in err[-1], err
+    rc = main([str(ckpt), "-o", str(tmp_path / "x.onnx"), "--openvino", "--precision", "bf16",
+               "--calibration-images", str(tmp_path)])
+    assert rc == 2 and "must come with --precision int8" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_missing_checkpoint_and_tensorrt_without_gpu_fail_cleanly(ckpt, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "d3_perception.export", str(tmp_path / "nope")],
                           capture_output=True, text=True, timeout=120)
