@@ -2,8 +2,13 @@
 same batch, same random draws, measured in one run. Prints median step time (forward + backward) of each,
 the speed-up ratio and both loss values (they must be identical), as JSON.
 
+``--breakdown``: instead, where one step of the bundled demo model's stage 2 goes (tiny preset, wide-world
+data, depth + normals): data, forward (and inside it the student UNet, VAE encoder and VAE decoder), backward
+and the optimizer step, medians over ``--repeats`` steps.
+
     .venv/bin/python bench/train_step.py                      # tiny model, 64x64, batch 4, joint (L_agg + tasks)
     .venv/bin/python bench/train_step.py --phase stage1 --resolution 64 --batch 8 --repeats 7
+    .venv/bin/python bench/train_step.py --breakdown --batch 16 --repeats 6   # the demo recipe's stage-2 step
 """
 
 from __future__ import annotations
@@ -56,6 +61,56 @@ def time_step(trainer, batch, repeats: int) -> tuple[list[float], float]:
     return times, loss_value
 
 
+def breakdown(tmp: Path, resolution: int, batch: int, repeats: int) -> dict:
+    """Median ms of each part of a stage-2 step (data, forward, backward, optimizer; module forwards inside)."""
+    from d3_training.phases import D3Phase
+    from d3_training.testing import make_tiny_teacher, tiny_config
+    from d3_training.trainer import make_accelerator
+
+    teacher = make_tiny_teacher(tmp / "teacher")
+    cfg = tiny_config(tmp / "run_breakdown", teacher,
+                      data={"resolution": [resolution, resolution],
+                            "labeled": [{"kind": "synthetic", "num_samples": 400, "scene_kind": "world"}]},
+                      schedule={"name": "two_stage", "stage2": {"steps": 10, "batch_size": batch}})
+    acc = make_accelerator(cfg, cfg.schedule.stage2)
+    trainer = D3Phase(cfg, cfg.schedule.stage2, tmp, acc, phase_name="stage2", teacher_dir=teacher,
+                      vae_dir=teacher / "vae", one_pass=True)
+    trainer.build()
+    data = trainer.data()
+    modules = {"student_unet": acc.unwrap_model(trainer.module).unet, "vae_encoder": trainer.vae.vae.encoder,
+               "vae_decoder": trainer.vae.vae.decoder}
+    started: dict[str, float] = {}
+    forwards: dict[str, list[float]] = {name: [] for name in modules}
+    for name, module in modules.items():  # forward-time hooks: wall time of each module's forward call
+        module.register_forward_pre_hook(lambda m, a, name=name: started.__setitem__(name, time.perf_counter()))
+        module.register_forward_hook(
+            lambda m, a, o, name=name: forwards[name].append(time.perf_counter() - started[name]))
+    params = [p for p in trainer.module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    parts: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
+    for i in range(repeats + 2):  # the first two are warm-up
+        if i == 2:  # warm-up done: keep only the timed steps' module forwards
+            for values in forwards.values():
+                values.clear()
+        t0 = time.perf_counter()
+        b = data.next_batch(batch)
+        t1 = time.perf_counter()
+        loss, _ = trainer.compute_loss(b, torch.Generator().manual_seed(i))
+        t2 = time.perf_counter()
+        loss.backward()
+        t3 = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        if i >= 2:
+            for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                parts[key].append(dt)
+    ms = {key: round(1e3 * statistics.median(v), 1) for key, v in parts.items()}
+    ms.update({f"{name}_forward": round(1e3 * statistics.median(v), 1) for name, v in forwards.items()})
+    return {"bench": "train_step --breakdown", "phase": "stage2", "resolution": resolution, "batch": batch,
+            "tasks": 2, "median_ms": ms, "step_ms": round(sum(ms[k] for k in parts), 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--phase", choices=["joint", "stage1"], default="joint")
@@ -63,8 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--breakdown", action="store_true", help="where one stage-2 step of the demo recipe goes")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.breakdown:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = breakdown(Path(tmp), args.resolution, args.batch, args.repeats)
+        out["machine"] = f"{platform.machine()} CPU, {args.threads} threads, no GPU"
+        print(json.dumps(out, indent=1))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         one = build_phase(Path(tmp), args.phase, args.resolution, args.batch, True)
         three = build_phase(Path(tmp), args.phase, args.resolution, args.batch, False)
