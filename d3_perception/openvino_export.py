@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FP32_MODULES", "NNCF_INSTALL_HINT", "QualityRejected", "export_openvino", "fp32_scope", "quality_gate", "quantize_int8"]
+__all__ = ["FP32_MODULES", "NNCF_INSTALL_HINT", "image_agreement", "QualityRejected", "export_openvino", "fp32_scope", "quality_gate", "quantize_int8"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +54,51 @@ def _calibration_files(images: list[str | os.PathLike], num_frames: int) -> list
     if unmatched or not files:
         raise ValueError(f"`--calibration-images` must name image files or folders holding some; nothing found in "
                          f"{', '.join(unmatched or [str(p) for p in images])}")
-    if len(files) <= num_frames:
-        return files
-    return [files[i * len(files) // num_frames] for i in range(num_frames)]
+    return _spread(files, num_frames)
+
+
+def _spread(files: list, n: int) -> list:
+    """``n`` items spread evenly over ``files`` (all of them when there are no more than ``n``)."""
+    return list(files) if len(files) <= n else [files[i * len(files) // n] for i in range(n)]
+
+
+def image_agreement(candidate, reference, images: list[str | os.PathLike], calibration_frames: int,
+                    max_images: int = 16) -> dict[str, Any]:
+    """How far ``candidate``'s outputs move from ``reference``'s on the user's own images (no labels needed):
+    depth as the mean absolute difference of the relative maps after a least-squares scale + shift fit, as a
+    fraction of the map's range; normals as the mean angle between the two. Scored on up to ``max_images`` of
+    ``images`` that were not among the ``calibration_frames`` calibration images, else on those."""
+    from d3_perception.geometry.alignment import fit_scale_shift
+    from d3_perception.image_files import collect_inputs, read_rgb
+
+    files, _ = collect_inputs([str(p) for p in images], recursive=True)
+    calibration = set(_spread(files, calibration_frames))
+    unseen = [f for f in files if f not in calibration]
+    scored = _spread(unseen or files, max_images)
+    depth_mae, normals_deg = [], []
+    for path in scored:
+        rgb = read_rgb(path)
+        if rgb is None:
+            continue
+        a, b = candidate.predict(rgb[None]), reference.predict(rgb[None])
+        if "depth" in a and "depth" in b:
+            x, y = a["depth"][0].astype(np.float64), b["depth"][0].astype(np.float64)
+            ok = np.isfinite(x) & np.isfinite(y)
+            try:
+                scale, shift, _ = fit_scale_shift(x, y, ok)
+            except ValueError:  # a constant map: compare as it is
+                scale, shift = 1.0, 0.0
+            spread = float(np.ptp(y[ok])) or 1.0
+            depth_mae.append(float(np.mean(np.abs(scale * x[ok] + shift - y[ok]))) / spread)
+        if "normals" in a and "normals" in b:
+            cos = np.clip(np.sum(a["normals"][0] * b["normals"][0], axis=0), -1.0, 1.0)
+            normals_deg.append(float(np.degrees(np.arccos(cos[np.isfinite(cos)])).mean()))
+    report: dict[str, Any] = {"images": len(scored), "calibration_images_among_them": not unseen}
+    if depth_mae:
+        report["depth_mean_abs_diff_of_range"] = float(np.mean(depth_mae))
+    if normals_deg:
+        report["normals_mean_angle_deg"] = float(np.mean(normals_deg))
+    return report
 
 
 def calibration_inputs(config, num_frames: int, seed: int | None = None, resolution: int | None = None,
@@ -198,7 +240,8 @@ def export_openvino(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
     (on ``calibration_images`` when given, else synthetic frames).
 
     bf16 / int8 pass :func:`quality_gate` against fp32 before they are kept; a refused INT8 IR is deleted.
-    Returns a JSON-ready summary (model file, compiled-model cache status, quality report).
+    Returns a JSON-ready summary (model file, compiled-model cache status, quality report; with
+    ``calibration_images`` also ``agreement_on_images``, :func:`image_agreement`).
     """
     from d3_perception.backends import create_backend
     from d3_perception.backends.onnx_io import config_from_onnx, default_cache_dir, read_onnx_metadata
@@ -208,6 +251,7 @@ def export_openvino(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
         raise ValueError(f"`precision` must be fp32, bf16 or int8 for --openvino; got {precision!r}")
     if precision == "int8":
         _require_nncf()  # fail before any work
+        image_spec = calibration_images  # all the user's images (the agreement check scores those not calibrated on)
         if calibration_images:  # found (or refused) before any work, and the same files for the summary
             calibration_images = [str(p) for p in _calibration_files(calibration_images, calibration_frames)]
     checkpoint, onnx_path = Path(checkpoint), Path(onnx_path)
@@ -234,6 +278,8 @@ def export_openvino(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
                                        calibration_images=calibration_images)
         candidate = create_backend("openvino", candidate_path, precision="int8", cache_dir=staging, num_threads=num_threads)
         summary["quality"] = quality_gate(candidate, reference, num_frames=quality_frames, tolerance=tolerance)
+        if calibration_images:  # the labelled gate above is synthetic: also say how far INT8 moves on the user's images
+            summary["agreement_on_images"] = image_agreement(candidate, reference, image_spec, calibration_frames)
         candidate.close()
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(candidate_path.with_suffix(".bin"), final.with_suffix(".bin"))

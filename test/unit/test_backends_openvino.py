@@ -400,3 +400,50 @@ def test_int8_calibrates_on_image_files_spread_over_a_recording(ckpt, ov_backend
     out = int8.predict(frames[:1])
     ref = torch_backend.predict(frames[:1])
     assert out["depth"].shape == ref["depth"].shape and np.isfinite(out["depth"]).all()
+
+
+def test_image_agreement_measures_how_far_a_model_moves_on_unlabelled_images(ckpt, torch_backend, tmp_path):
+    """The label-free check on the user's images: an affine change of the depth costs nothing (relative depth),
+    normals turned by 90 degrees cost 90; it scores the images not used for calibration."""
+    import cv2
+
+    from d3_perception.openvino_export import image_agreement
+
+    for i, rgb in enumerate(_frames(5, 48, 64, seed=4)):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    class Moved:  # the reference's outputs, depth stretched and shifted, normals turned 90 degrees about z
+        def predict(self, images):
+            out = torch_backend.predict(images)
+            n = out["normals"]
+            return {"depth": out["depth"] * 0.5 + 0.25, "normals": np.stack([-n[:, 1], n[:, 0], n[:, 2]], 1)}
+
+    same = image_agreement(torch_backend, torch_backend, [tmp_path], calibration_frames=2)
+    assert same["images"] == 3 and not same["calibration_images_among_them"]  # 5 images, 2 calibrated on
+    assert same["depth_mean_abs_diff_of_range"] < 1e-6 and same["normals_mean_angle_deg"] < 0.5
+    moved = image_agreement(Moved(), torch_backend, [tmp_path], calibration_frames=2)
+    assert moved["depth_mean_abs_diff_of_range"] < 1e-5  # affine in relative depth: no change after the fit
+    normals = torch_backend.predict(_frames(1, 48, 64, seed=4))["normals"][0]
+    expected = np.degrees(np.arccos(np.clip(normals[2] ** 2, -1, 1))).mean()  # cos = n_z^2 for a 90-degree z turn
+    assert moved["normals_mean_angle_deg"] > 0.5 * expected > 1.0
+    only = image_agreement(torch_backend, torch_backend, [tmp_path / "f0.png"], calibration_frames=2)
+    assert only["images"] == 1 and only["calibration_images_among_them"]
+
+
+@pytest.mark.slow  # export + NNCF on 2 images + a small gate: ~40 s on 2 cores
+def test_int8_export_on_images_reports_the_agreement_on_the_other_images(ckpt, tmp_path):
+    pytest.importorskip("nncf", reason="INT8 export needs nncf")
+    import cv2
+
+    from d3_perception.backends.onnx_io import export_onnx
+    from d3_perception.openvino_export import export_openvino
+
+    for i, rgb in enumerate(_frames(4, 48, 64, seed=5)):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    onnx_path = export_onnx(ckpt, tmp_path / "m.onnx", exporter="legacy")
+    summary = export_openvino(ckpt, onnx_path, precision="int8", cache_dir=tmp_path / "cache", calibration_frames=2,
+                              quality_frames=4, tolerance=1.0, num_threads=THREADS, calibration_images=[tmp_path])
+    assert summary["calibration_source"] == "images" and summary["calibration_frames"] == 2
+    agreement = summary["agreement_on_images"]
+    assert agreement["images"] == 2 and not agreement["calibration_images_among_them"]
+    assert 0 <= agreement["depth_mean_abs_diff_of_range"] < 1 and 0 <= agreement["normals_mean_angle_deg"] < 90
