@@ -11,6 +11,10 @@ left as it is). Steps:
    sparsification/AUSE per cue and combined vs oracle and random; flying points before/after the gate;
 3. temporal stability per metric mode: static camera with per-frame sensor noise, and the moving camera of
    the scene's trajectory (flicker after reprojection with the exact pose), raw vs stabilised.
+
+``--node-defaults``: no tuning and no doc section: step 2 for the node's own defaults (``ConfidenceConfig()``
+and ``DEFAULT_MIN_CONFIDENCE``) on the rooms, the outdoor family and the wide world's two families
+(``world``, ``shift``), printed and written to ``--json``: what the node does with this checkpoint.
 """
 
 from __future__ import annotations
@@ -49,7 +53,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--doc", type=Path, default=Path("docs/confidence.md"))
     p.add_argument("--img-dir", type=Path, default=Path("docs/img"))
     p.add_argument("--json", type=Path, default=Path("docs/results/confidence_study.json"))
+    p.add_argument("--node-defaults", action="store_true",
+                   help="score the node's default confidence settings and gate (no tuning, no doc section)")
     return p
+
+
+NODE_DEFAULT_FAMILIES = (("room (held-out seeds)", "room", (9999, 10000, 10001, 10002)),
+                         ("outdoor (held-out family)", "outdoor", (9999, 10000)),
+                         ("world (held-out seeds)", "world", (9999, 10000, 10001, 10002)),
+                         ("shift (held-out family)", "shift", (9999, 10000, 10001, 10002)))
+
+
+def _node_defaults(args) -> int:
+    """Calibration of the node's defaults on every family (``--node-defaults``)."""
+    from d3_perception.geometry.confidence import DEFAULT_MIN_CONFIDENCE, ConfidenceConfig
+
+    t0 = time.time()
+    hw, model, config = (args.height, args.width), _Model(args), ConfidenceConfig()
+    results = {"config": asdict(config), "min_confidence": DEFAULT_MIN_CONFIDENCE, "families": {}}
+    for family, kind, seeds in NODE_DEFAULT_FAMILIES:
+        cal = _calibration(_frames(model, kind, seeds, args.frames, hw, args.noise_dn), config, DEFAULT_MIN_CONFIDENCE)
+        fly, at85 = cal["flying"][str(DEFAULT_MIN_CONFIDENCE)], cal["at_85_percent_kept"]
+        ause = cal["ause"]
+        row = {"ause_combined_over_random": ause["combined"] / ause["random"],
+               "flying_before": fly["flying"] / fly["points"], "flying_after": fly["kept_flying"] / max(fly["kept"], 1),
+               "kept": fly["kept"] / fly["points"],
+               "oracle_reduction_at_85_percent_kept": (at85["flying"] / at85["points"])
+               / max(at85["oracle_flying"] / at85["kept"], 1e-12)}
+        row["reduction"] = row["flying_before"] / max(row["flying_after"], 1e-12)
+        results["families"][family] = row
+        print(f"{family}: combined AUSE / random {row['ause_combined_over_random']:.2f}; flying points "
+              f"{row['flying_before']:.3f} -> {row['flying_after']:.3f} ({row['reduction']:.2f}x) keeping "
+              f"{100 * row['kept']:.0f} %; best possible at 85 % kept {row['oracle_reduction_at_85_percent_kept']:.2f}x")
+    results["run"] = {"checkpoint": args.checkpoint, "backend": args.backend, "frame_hw": list(hw),
+                      "seconds": round(time.time() - t0, 1)}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1))
+    print(f"confidence study (node defaults): {results['run']['seconds']} s, wrote {args.json}")
+    return 0
 
 
 class _Model:
@@ -348,7 +389,10 @@ def _run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli("confidence_study", lambda: _run(args), (FileNotFoundError, ValueError))
+    if args.node_defaults and args.json == Path("docs/results/confidence_study.json"):
+        args.json = Path("docs/results/confidence_node_defaults.json")  # never overwrite the study's own results
+    return run_cli("confidence_study", lambda: (_node_defaults if args.node_defaults else _run)(args),
+                   (FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

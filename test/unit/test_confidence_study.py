@@ -37,3 +37,24 @@ def test_bad_arguments_end_with_one_line_error(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("python -m d3_perception.evaluation.confidence_study: error:")
     assert confidence_study.main(["--checkpoint", "/nonexistent/ckpt"]) == 2
+
+
+def test_node_defaults_are_scored_on_every_family_without_touching_the_doc(tmp_path, capsys):
+    """--node-defaults: the node's own settings on rooms, outdoor and the wide world's two families; the gate
+    never raises the flying share, and the doc section is left alone."""
+    from d3_perception.geometry.confidence import DEFAULT_MIN_CONFIDENCE
+
+    doc = tmp_path / "doc.md"
+    doc.write_text("untouched\n")
+    out = tmp_path / "nd.json"
+    rc = confidence_study.main(["--node-defaults", "--frames", "2", "--height", "48", "--width", "64",
+                                "--json", str(out), "--doc", str(doc)])
+    assert rc == 0 and doc.read_text() == "untouched\n"
+    result = json.loads(out.read_text())
+    assert result["min_confidence"] == DEFAULT_MIN_CONFIDENCE
+    assert set(result["families"]) == {"room (held-out seeds)", "outdoor (held-out family)",
+                                       "world (held-out seeds)", "shift (held-out family)"}
+    for row in result["families"].values():
+        assert 0 < row["kept"] <= 1 and row["flying_after"] <= row["flying_before"] and row["reduction"] >= 1
+        assert 0 <= row["ause_combined_over_random"] < 1
+    assert "world (held-out seeds): combined AUSE / random" in capsys.readouterr().out
