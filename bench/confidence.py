@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
         inputs = node._inputs()
         image_msg, relative, normals_chw, sparse, K = inputs
-        pipe, chain = node.make_pipeline(SPECS["postprocess_threads"].default, inputs)
+        pipe, chain, want = node.make_pipeline(SPECS["postprocess_threads"].default, inputs)
     else:
         rng = np.random.default_rng(0)
         relative = np.broadcast_to(np.linspace(0.1, 0.9, H, dtype=np.float32)[:, None], (H, W)).copy()
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         stab.update(depth, rgb)
         t.append(time.perf_counter())
         if node is not None:
-            node.ours(image_msg, pipe, chain, {})
+            node.ours(image_msg, pipe, chain, want, {})
         t.append(time.perf_counter())
         if record:
             for name, a, b in zip(("confidence", "gate", "summary", "stabiliser", "node_overhead"), t[:-1], t[1:],

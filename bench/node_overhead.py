@@ -68,6 +68,9 @@ STAGES = ("decode", "model", "side_jobs", "metric_fit", "side_wait", "confidence
 WANT = {"depth": True, "relative": True, "camera_info": True, "colored": True, "normals": True,
         "normals_colored": False, "points": True, "info": False, "confidence": True}
 NO_CONFIDENCE = "ours_without_confidence"  # the same pipeline without confidence, gating and stabiliser
+# confidence, gating and stabiliser on, but nobody subscribed to depth/confidence (the node's lazy outputs then
+# never make the frame-size map): what a node feeding a costmap from `points` pays
+NO_TOPIC = "ours_confidence_not_subscribed"
 
 
 class _FixedModel:
@@ -91,11 +94,12 @@ class _FixedModel:
         pass
 
 
-def make_pipeline(threads: int, inputs, confidence: bool = True):
+def make_pipeline(threads: int, inputs, confidence: bool = True, confidence_topic: bool = True):
     """A :class:`CameraPipeline` as the node builds it (its defaults, sparse_depth mode, ``threads`` helper
     threads) with the camera_info and sparse reference of ``inputs`` received, and a backend chain around
-    :class:`_FixedModel`. ``confidence`` False: without the issue-16 work (confidence map, gating, stabiliser,
-    the depth/confidence message), to time what it adds."""
+    :class:`_FixedModel`, and the outputs wanted. ``confidence`` False: without the issue-16 work (confidence
+    map, gating, stabiliser, the depth/confidence message), to time what it adds; ``confidence_topic`` False:
+    with it, but depth/confidence not wanted."""
     from sensor_msgs.msg import CameraInfo
 
     from d3_perception.backends.chain import BackendChain
@@ -113,10 +117,10 @@ def make_pipeline(threads: int, inputs, confidence: bool = True):
     chain = BackendChain(_FixedModel(relative, normals), [], lambda name: None)
     if not confidence:
         pipe.quality = None
-    return pipe, chain
+    return pipe, chain, {**WANT, "confidence": confidence and confidence_topic}
 
 
-def ours(image_msg, pipe, chain, timings):
+def ours(image_msg, pipe, chain, want, timings):
     """The node's own per-frame code: ``CameraPipeline.process`` (decode, the model call, then
     ``frame_outputs.compute_outputs`` and ``output_messages``), sparse_depth mode with model normals.
     Outputs are computed straight into the message buffers of the pipeline's pool, reused across frames,
@@ -124,7 +128,6 @@ def ours(image_msg, pipe, chain, timings):
     from d3_perception.ros.pipeline import Frame
 
     t = [time.perf_counter()]
-    want = WANT if pipe.quality is not None else {**WANT, "confidence": False}
     result = pipe.process(Frame(image_msg, False, time.monotonic()), want, chain,
                           mark=lambda: t.append(time.perf_counter()))
     if result is None:
@@ -179,9 +182,9 @@ def _stats(values):
     return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)), "n": int(a.size)}
 
 
-def _run(image_msg, pipe, chain, timings: dict, cpu: dict) -> None:
+def _run(image_msg, pipe, chain, want, timings: dict, cpu: dict) -> None:
     c0, t0 = time.process_time(), time.thread_time()
-    ours(image_msg, pipe, chain, timings)
+    ours(image_msg, pipe, chain, want, timings)
     cpu.setdefault("cpu_total", []).append((time.process_time() - c0) * 1e3)  # every thread of the process
     cpu.setdefault("cpu_worker_thread", []).append((time.thread_time() - t0) * 1e3)  # the node's worker alone
 
@@ -209,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compare-confidence", action="store_true",
                         help=f"do not time {NO_CONFIDENCE} (the pipeline without confidence, gating and stabiliser, "
                              "frames interleaved) next to ours")
+    parser.add_argument("--compare-not-subscribed", action="store_true",
+                        help=f"also time {NO_TOPIC} (confidence and gating on, depth/confidence not subscribed: "
+                             "no frame-size map), frames interleaved; a third pipeline adds cache pressure to all")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if args.frames < 1 or args.peer_frames < 1:
@@ -226,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_compare_confidence:
         configs[NO_CONFIDENCE] = args.threads
         pipes[NO_CONFIDENCE] = make_pipeline(args.threads, inputs, confidence=False)
+        if args.compare_not_subscribed:
+            configs[NO_TOPIC] = args.threads
+            pipes[NO_TOPIC] = make_pipeline(args.threads, inputs, confidence_topic=False)
     for name, payloads in first.items():  # (not NO_CONFIDENCE: its depth and cloud are not gated)
         if payloads != first["ours"]:
             print(f"node_overhead: the messages of {name} differ from those with {args.threads} threads", file=sys.stderr)
@@ -238,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.frames):
         for name in configs:  # interleaved: the configurations see the same machine load
             _run(image_msg, *pipes[name], timings[name], cpu[name])
-    for pipe, _ in pipes.values():
+    for pipe, *_ in pipes.values():
         pipe.close()
     peer_t: dict = {}
     peer(*inputs, {})  # warm-up
@@ -260,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     result["speedup_p50"] = speedup
     if NO_CONFIDENCE in result:
         result["confidence_added_p50_ms"] = result["ours"]["total"]["p50_ms"] - result[NO_CONFIDENCE]["total"]["p50_ms"]
+    if NO_TOPIC in result:
+        result["confidence_added_p50_ms_not_subscribed"] = (result[NO_TOPIC]["total"]["p50_ms"]
+                                                            - result[NO_CONFIDENCE]["total"]["p50_ms"])
     print(f"node overhead at {W}x{H} (everything but the model), {args.frames} frames after {args.warmup} warm-up; "
           f"load average {result['load_average_1min']:.1f} on {os.cpu_count()} cores")
     for name, n in configs.items():
@@ -271,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     if NO_CONFIDENCE in result:
         print(f"  confidence + gating + stabiliser added (p50 of ours - {NO_CONFIDENCE}): "
               f"{result['confidence_added_p50_ms']:.2f} ms   target <= 1 ms")
+    if NO_TOPIC in result:
+        print(f"  the same without a depth/confidence subscriber ({NO_TOPIC} - {NO_CONFIDENCE}): "
+              f"{result['confidence_added_p50_ms_not_subscribed']:.2f} ms")
     s = result["peer_python_loops"]["total"]
     print(f"  peer (Python loops + per-point tuples) total p50 {s['p50_ms']:8.1f} ms   p95 {s['p95_ms']:8.1f} ms")
     print(f"  ratio peer/ours (p50): {speedup:.1f}x   target >= 3x: {'met' if speedup >= 3 else 'NOT met'}; "

@@ -31,6 +31,7 @@ def test_confidence_bench_times_the_nodes_confidence_path_beside_its_per_frame_w
 
 
 def test_node_overhead_bench_compares_ours_with_the_peer_and_without_confidence(tmp_path):
-    result = _run("node_overhead.py", "--frames", "2", "--peer-frames", "1", "--warmup", "1", tmp_path=tmp_path)
-    assert {"ours", "ours_without_confidence"} <= set(result)
-    assert "confidence_added_p50_ms" in result
+    result = _run("node_overhead.py", "--frames", "2", "--peer-frames", "1", "--warmup", "1", "--compare-not-subscribed",
+                  tmp_path=tmp_path)
+    assert {"ours", "ours_without_confidence", "ours_confidence_not_subscribed"} <= set(result)
+    assert "confidence_added_p50_ms" in result and "confidence_added_p50_ms_not_subscribed" in result
