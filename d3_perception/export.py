@@ -214,6 +214,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_precision(args: argparse.Namespace) -> None:
     """Per-target precision defaults and limits, checked before the (slow) export starts."""
+    if args.calibration_images and not args.openvino:
+        raise ValueError("`--calibration-images` must come with --openvino --precision int8 (only INT8 is calibrated)")
     if args.openvino:
         args.openvino_precision = args.precision or "fp32"
         if args.openvino_precision not in ("fp32", "bf16", "int8"):

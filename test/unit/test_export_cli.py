@@ -82,6 +82,8 @@ def test_calibration_images_that_match_nothing_are_refused_before_any_export(ckp
     rc = main([str(ckpt), "-o", str(tmp_path / "x.onnx"), "--openvino", "--precision", "bf16",
                "--calibration-images", str(tmp_path)])
     assert rc == 2 and "must come with --precision int8" in capsys.readouterr().err
+    rc = main([str(ckpt), "-o", str(tmp_path / "x.onnx"), "--calibration-images", str(tmp_path)])  # no --openvino
+    assert rc == 2 and "must come with --openvino --precision int8" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
 
 
