@@ -135,6 +135,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="int8: calibrate on these images (files, folders searched recursively, globs), e.g. "
                          "frames of the deployment camera, instead of synthetic frames; the quality check still "
                          "uses the held-out synthetic frames")
+    ov.add_argument("--calibration-bag", metavar="BAG", default=None,
+                    help="int8: calibrate on the camera frames of this ROS 2 bag (folder, .mcap or .db3), spread "
+                         "over the recording")
+    ov.add_argument("--calibration-topic", metavar="TOPIC", default=None,
+                    help="int8: the bag's camera topic (Image or CompressedImage; default: its one camera topic)")
     ov.add_argument("--calibration-resolution", type=int, default=None,
                     help="int8: long side of the calibration frames, a multiple of 64 (default: the processing "
                          "resolution; lower it for SD2.1-size models: NNCF's statistics need > 20 GiB at 768)")
@@ -214,8 +219,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_precision(args: argparse.Namespace) -> None:
     """Per-target precision defaults and limits, checked before the (slow) export starts."""
-    if args.calibration_images and not args.openvino:
-        raise ValueError("`--calibration-images` must come with --openvino --precision int8 (only INT8 is calibrated)")
+    from d3_perception.openvino_export import CalibrationFrames
+
+    args.calibration = CalibrationFrames(args.calibration_images or (), args.calibration_bag, args.calibration_topic)
+    given = "--calibration-images" if args.calibration_images else "--calibration-bag"
+    if args.calibration.from_camera and not args.openvino:
+        raise ValueError(f"`{given}` must come with --openvino --precision int8 (only INT8 is calibrated)")
     if args.openvino:
         args.openvino_precision = args.precision or "fp32"
         if args.openvino_precision not in ("fp32", "bf16", "int8"):
@@ -228,12 +237,10 @@ def _check_precision(args: argparse.Namespace) -> None:
             from d3_perception.model.config import check_processing_resolution
 
             check_processing_resolution(args.calibration_resolution, "--calibration-resolution")
-        if args.calibration_images:
+        if args.calibration.from_camera:
             if args.openvino_precision != "int8":
-                raise ValueError("`--calibration-images` must come with --precision int8 (only INT8 is calibrated)")
-            from d3_perception.openvino_export import _calibration_files
-
-            _calibration_files(args.calibration_images, args.calibration_frames)  # nothing found: stop now
+                raise ValueError(f"`{given}` must come with --precision int8 (only INT8 is calibrated)")
+            args.calibration.check()  # nothing found, or no single camera topic: stop now
         if args.tensorrt and args.precision is not None:
             raise ValueError("`--precision` must apply to one target: give --tensorrt and --openvino separately")
     if args.tensorrt:
@@ -250,7 +257,7 @@ def _openvino_step(args: argparse.Namespace, onnx_path: Path) -> dict[str, Any]:
         return export_openvino(args.checkpoint, onnx_path, precision=args.openvino_precision,
                                cache_dir=args.engine_cache, calibration_frames=args.calibration_frames,
                                calibration_resolution=args.calibration_resolution,
-                               calibration_images=args.calibration_images, quality_frames=args.quality_frames,
+                               calibration=args.calibration, quality_frames=args.quality_frames,
                                tolerance=args.quality_tolerance, num_threads=args.threads)
     except BackendUnavailable as err:
         raise RuntimeError(f"OpenVINO model not built: {err}") from None

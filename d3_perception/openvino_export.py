@@ -17,12 +17,13 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["FP32_MODULES", "NNCF_INSTALL_HINT", "QualityRejected", "export_openvino", "fp32_scope", "image_agreement",
+__all__ = ["FP32_MODULES", "NNCF_INSTALL_HINT", "CalibrationFrames", "QualityRejected", "export_openvino", "fp32_scope", "image_agreement",
            "quality_gate", "quantize_int8"]
 
 logger = logging.getLogger(__name__)
@@ -45,42 +46,96 @@ def _require_nncf():
     return nncf
 
 
-def _calibration_files(images: list[str | os.PathLike], num_frames: int) -> list[Path]:
-    """The image files of ``images`` (files, folders searched recursively, globs) that calibrate INT8: all of
-    them up to ``num_frames``, else ``num_frames`` spread evenly over their sorted list (a recording's frames
-    in order: spread over it, not its first second). Raises ``ValueError`` naming what matched nothing."""
-    from d3_perception.image_files import collect_inputs
-
-    files, unmatched = collect_inputs([str(p) for p in images], recursive=True)
-    if unmatched or not files:
-        raise ValueError(f"`--calibration-images` must name image files or folders holding some; nothing found in "
-                         f"{', '.join(unmatched or [str(p) for p in images])}")
-    return _spread(files, num_frames)
+def _spread(items: list, n: int, offset: float = 0.0) -> list:
+    """``n`` items spread evenly over ``items`` (all of them when there are no more than ``n``): item
+    ``floor((i + offset) * len / n)``; offset 0.5 takes the items between those of offset 0."""
+    return list(items) if len(items) <= n else [items[int((i + offset) * len(items) / n)] for i in range(n)]
 
 
-def _spread(files: list, n: int) -> list:
-    """``n`` items spread evenly over ``files`` (all of them when there are no more than ``n``)."""
-    return list(files) if len(files) <= n else [files[i * len(files) // n] for i in range(n)]
+@dataclass(frozen=True)
+class CalibrationFrames:
+    """Where INT8 calibration frames come from: the deployment camera's own frames, as image files (``images``:
+    files, folders searched recursively, globs) or the camera topic of a ROS 2 bag (``bag``, ``topic`` or the
+    bag's one camera topic); neither = synthetic frames of the wide world. Frames are spread evenly over the
+    recording (a recording in order: not its first second)."""
+
+    images: tuple[str, ...] = ()
+    bag: str | None = None
+    topic: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "images", tuple(str(p) for p in self.images))
+        if self.images and self.bag:
+            raise ValueError("`--calibration-images` and `--calibration-bag` must not be given together")
+        if self.topic and not self.bag:
+            raise ValueError("`--calibration-topic` must come with --calibration-bag")
+
+    @property
+    def from_camera(self) -> bool:
+        return bool(self.images or self.bag)
+
+    def _files(self) -> list[Path]:
+        from d3_perception.image_files import collect_inputs
+
+        files, unmatched = collect_inputs(list(self.images), recursive=True)
+        if unmatched or not files:
+            raise ValueError(f"`--calibration-images` must name image files or folders holding some; nothing found "
+                             f"in {', '.join(unmatched or self.images)}")
+        return files
+
+    def check(self) -> None:
+        """Raise ``ValueError`` (one line) now, before any slow work, if the frames cannot be found."""
+        if self.images:
+            self._files()
+        elif self.bag:
+            from d3_perception.evaluation.bag_source import BagSource
+
+            with BagSource(self.bag) as source:  # BagError is a ValueError
+                source.camera_topic(self.topic)
+
+    def rgb(self, num_frames: int, offset: float = 0.0) -> list[np.ndarray]:
+        """``num_frames`` (or all, when fewer) ``[H,W,3]`` uint8 frames spread over the recording."""
+        if self.bag:
+            from d3_perception.evaluation.bag_source import BagSource
+
+            with BagSource(self.bag) as source:
+                return source.camera_frames(num_frames, self.topic, offset)
+        from d3_perception.image_files import read_rgb
+
+        frames = []
+        for path in _spread(self._files(), num_frames, offset):
+            rgb = read_rgb(path)
+            if rgb is None:
+                raise ValueError(f"`--calibration-images`: cannot read {path} as an image")
+            frames.append(rgb)
+        return frames
+
+    def count(self) -> int:
+        """How many frames the recording holds."""
+        if self.bag:
+            from d3_perception.evaluation.bag_source import BagSource
+
+            with BagSource(self.bag) as source:
+                return source.topics[source.camera_topic(self.topic)][1]
+        return len(self._files())
 
 
-def image_agreement(candidate, reference, images: list[str | os.PathLike], calibration_frames: int,
+def image_agreement(candidate, reference, source: CalibrationFrames, calibration_frames: int,
                     max_images: int = 16) -> dict[str, Any]:
-    """How far ``candidate``'s outputs move from ``reference``'s on the user's own images (no labels needed):
-    depth as the mean absolute difference of the relative maps after a least-squares scale + shift fit, as a
-    fraction of the map's range; normals as the mean angle between the two. Scored on up to ``max_images`` of
-    ``images`` that were not among the ``calibration_frames`` calibration images, else on those."""
+    """How far ``candidate``'s outputs move from ``reference``'s on the deployment camera's frames (no labels
+    needed): depth as the mean absolute difference of the relative maps after a least-squares scale + shift fit,
+    as a fraction of the map's range; normals as the mean angle between the two. Scored on up to ``max_images``
+    frames between the ``calibration_frames`` calibrated on (when the recording has that many more), else on
+    calibration frames."""
     from d3_perception.geometry.alignment import fit_scale_shift
-    from d3_perception.image_files import collect_inputs, read_rgb
 
-    files, _ = collect_inputs([str(p) for p in images], recursive=True)
-    calibration = set(_spread(files, calibration_frames))
-    unseen = [f for f in files if f not in calibration]
-    scored = _spread(unseen or files, max_images)
+    count = source.count()
+    unseen = count >= 2 * calibration_frames  # frames between the calibration ones exist
+    n = min(max_images, calibration_frames if unseen else count)
+    frames = source.rgb(calibration_frames, offset=0.5) if unseen else source.rgb(count)
+    frames = _spread(frames, n)
     depth_mae, normals_deg = [], []
-    for path in scored:
-        rgb = read_rgb(path)
-        if rgb is None:
-            continue
+    for rgb in frames:
         a, b = candidate.predict(rgb[None]), reference.predict(rgb[None])
         if "depth" in a and "depth" in b:
             x, y = a["depth"][0].astype(np.float64), b["depth"][0].astype(np.float64)
@@ -94,7 +149,7 @@ def image_agreement(candidate, reference, images: list[str | os.PathLike], calib
         if "normals" in a and "normals" in b:
             cos = np.clip(np.sum(a["normals"][0] * b["normals"][0], axis=0), -1.0, 1.0)
             normals_deg.append(float(np.degrees(np.arccos(cos[np.isfinite(cos)])).mean()))
-    report: dict[str, Any] = {"images": len(scored), "calibration_images_among_them": not unseen}
+    report: dict[str, Any] = {"images": len(frames), "calibration_images_among_them": not unseen}
     if depth_mae:
         report["depth_mean_abs_diff_of_range"] = float(np.mean(depth_mae))
     if normals_deg:
@@ -103,24 +158,16 @@ def image_agreement(candidate, reference, images: list[str | os.PathLike], calib
 
 
 def calibration_inputs(config, num_frames: int, seed: int | None = None, resolution: int | None = None,
-                       images: list[str | os.PathLike] | None = None) -> list[np.ndarray]:
+                       source: CalibrationFrames | None = None) -> list[np.ndarray]:
     """Network inputs ``[1,3,h,w]`` float32 (the backends' own pre-processing) with the long side at
-    ``resolution`` (None = the processing resolution): of ``images`` (:func:`_calibration_files`; frames of the
-    deployment camera calibrate a real-image model far better than synthetic ones), else of synthetic world
-    frames disjoint from the held-out ones, rendered at 3:4."""
+    ``resolution`` (None = the processing resolution): of the deployment camera's frames (``source``; they
+    calibrate a real-image model far better than synthetic ones), else of synthetic world frames disjoint from
+    the held-out ones, rendered at 3:4."""
     from d3_perception.model.processing import preprocess
 
     res = resolution or config.processing_resolution
-    if images:
-        from d3_perception.image_files import read_rgb
-
-        inputs = []
-        for path in _calibration_files(images, num_frames):
-            rgb = read_rgb(path)
-            if rgb is None:
-                raise ValueError(f"`--calibration-images`: cannot read {path} as an image")
-            inputs.append(preprocess(rgb[None], res, config.input_range)[0])
-        return inputs
+    if source is not None and source.from_camera:
+        return [preprocess(rgb[None], res, config.input_range)[0] for rgb in source.rgb(num_frames)]
     from d3_perception.evaluation.heldout import CALIBRATION_SEED, synthetic_frames
 
     hw = (max(8, res * 3 // 4), res)
@@ -157,12 +204,12 @@ def fp32_scope(onnx_path: str | os.PathLike) -> list[str]:
 def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *,
                   calibration_frames: int = DEFAULT_CALIBRATION_FRAMES, seed: int | None = None,
                   calibration_resolution: int | None = None,
-                  calibration_images: list[str | os.PathLike] | None = None) -> Path:
+                  calibration: CalibrationFrames | None = None) -> Path:
     """NNCF post-training INT8 quantisation of an fp32 ONNX export -> OpenVINO IR ``out_path`` (.xml + .bin),
     written atomically, carrying the d3 config, checkpoint hash and tasks in its ``rt_info``.
 
-    ``calibration_images``: image files / folders / globs to calibrate on (up to ``calibration_frames`` of them,
-    :func:`_calibration_files`) instead of synthetic frames.
+    ``calibration``: the deployment camera's frames to calibrate on (:class:`CalibrationFrames`; up to
+    ``calibration_frames`` of them) instead of synthetic frames.
     ``calibration_resolution``: long side of the calibration frames (None = the processing resolution). The
     quantisation parameters do not depend on the input size (the export has dynamic height and width), and
     NNCF's statistics memory grows with it: an SD2.1-size model at 768 px needs more than 20 GiB.
@@ -183,9 +230,9 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *,
     config = config_from_onnx(onnx_path)
     meta = read_onnx_metadata(onnx_path)
     model = ov.Core().read_model(str(onnx_path))
-    inputs = calibration_inputs(config, calibration_frames, seed, calibration_resolution, calibration_images)
+    inputs = calibration_inputs(config, calibration_frames, seed, calibration_resolution, calibration)
     logger.info("NNCF INT8 quantisation of %s on %d %s calibration frames", onnx_path, len(inputs),
-                "image-file" if calibration_images else "synthetic")
+                "camera" if calibration is not None and calibration.from_camera else "synthetic")
     # OpenVINO names a Conv's convolution "<onnx name>/WithoutBiases" and its bias add "<onnx name>"
     keep = [f"{re.escape(name)}(/WithoutBiases)?$" for name in fp32_scope(onnx_path)]  # NNCF: re.match
     # MIXED: symmetric weights, asymmetric activations (SiLU/GroupNorm outputs are far from zero-centred).
@@ -237,13 +284,13 @@ def export_openvino(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
                     cache_dir: str | os.PathLike | None = None, calibration_frames: int = DEFAULT_CALIBRATION_FRAMES,
                     quality_frames: int = DEFAULT_QUALITY_FRAMES, tolerance: float = DEFAULT_QUALITY_TOLERANCE,
                     num_threads: int | None = None, calibration_resolution: int | None = None,
-                    calibration_images: list[str | os.PathLike] | None = None) -> dict[str, Any]:
+                    calibration: CalibrationFrames | None = None) -> dict[str, Any]:
     """``d3-export --openvino``: compile (and cache) the model at ``precision``; for int8 first quantise it
-    (on ``calibration_images`` when given, else synthetic frames).
+    (on the camera frames of ``calibration`` when given, else synthetic frames).
 
     bf16 / int8 pass :func:`quality_gate` against fp32 before they are kept; a refused INT8 IR is deleted.
-    Returns a JSON-ready summary (model file, compiled-model cache status, quality report; with
-    ``calibration_images`` also ``agreement_on_images``, :func:`image_agreement`).
+    Returns a JSON-ready summary (model file, compiled-model cache status, quality report; with camera
+    frames also ``agreement_on_images``, :func:`image_agreement`).
     """
     from d3_perception.backends import create_backend
     from d3_perception.backends.onnx_io import config_from_onnx, default_cache_dir, read_onnx_metadata
@@ -253,9 +300,9 @@ def export_openvino(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
         raise ValueError(f"`precision` must be fp32, bf16 or int8 for --openvino; got {precision!r}")
     if precision == "int8":
         _require_nncf()  # fail before any work
-        image_spec = calibration_images  # all the user's images (the agreement check scores those not calibrated on)
-        if calibration_images:  # found (or refused) before any work, and the same files for the summary
-            calibration_images = [str(p) for p in _calibration_files(calibration_images, calibration_frames)]
+        camera = calibration is not None and calibration.from_camera
+        if camera:
+            calibration.check()  # found (or refused) before any work
     checkpoint, onnx_path = Path(checkpoint), Path(onnx_path)
     cache_base = Path(cache_dir) if cache_dir is not None else (
         default_cache_dir(checkpoint) if checkpoint.is_dir() else onnx_path.parent)
@@ -276,12 +323,11 @@ def export_openvino(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
     staging = Path(tempfile.mkdtemp(prefix=".ov-int8-candidate-", dir=cache_base))
     try:
         candidate_path = quantize_int8(onnx_path, staging / final.name, calibration_frames=calibration_frames,
-                                       calibration_resolution=calibration_resolution,
-                                       calibration_images=calibration_images)
+                                       calibration_resolution=calibration_resolution, calibration=calibration)
         candidate = create_backend("openvino", candidate_path, precision="int8", cache_dir=staging, num_threads=num_threads)
         summary["quality"] = quality_gate(candidate, reference, num_frames=quality_frames, tolerance=tolerance)
-        if calibration_images:  # the labelled gate above is synthetic: also say how far INT8 moves on the user's images
-            summary["agreement_on_images"] = image_agreement(candidate, reference, image_spec, calibration_frames)
+        if camera:  # the labelled gate above is synthetic: also say how far INT8 moves on the camera's frames
+            summary["agreement_on_images"] = image_agreement(candidate, reference, calibration, calibration_frames)
         candidate.close()
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(candidate_path.with_suffix(".bin"), final.with_suffix(".bin"))
@@ -289,8 +335,9 @@ def export_openvino(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     backend = create_backend("openvino", checkpoint, onnx_path=onnx_path, precision="int8", **common)  # compiled + cached
-    summary.update(model=str(final), calibration_frames=len(calibration_images) if calibration_images
-                   else calibration_frames, calibration_source="images" if calibration_images else "synthetic",
+    summary.update(model=str(final),
+                   calibration_frames=min(calibration_frames, calibration.count()) if camera else calibration_frames,
+                   calibration_source=("bag" if calibration.bag else "images") if camera else "synthetic",
                    calibration_resolution=calibration_resolution or reference.config.processing_resolution,
                    cache=_status(backend))
     return summary

@@ -271,6 +271,51 @@ class BagSource:
             f"several {what} topics ({', '.join(candidates)}); choose one with {option}; available: {self.listing()}"
         )
 
+    def _camera_candidates(self, pred: str | None = None) -> list[str]:
+        """Topics that look like the camera: colour Image or non-depth CompressedImage, not colour-mapped outputs
+        (depth/colored) nor anything next to a recorded prediction ``pred``; raw preferred over compressed."""
+        pred_root = "/" + pred.strip("/").split("/")[0] + "/" if pred else None
+        cands = [t for t, (ty, n) in self.topics.items()
+                 if ty == COMPRESSED_TYPE and n and not _is_depth(self._encoding(t))]
+        cands += [t for t, (ty, n) in self.topics.items() if ty == IMAGE_TYPE and n and self._encoding(t) in _COLOR_ENCODINGS]
+        cands = [t for t in cands if "colored" not in t.lower() and not (pred_root and t.startswith(pred_root))]
+        if len(cands) > 1:  # raw and compressed of the same camera: prefer raw
+            raw = [c for c in cands if self.topics[c][0] == IMAGE_TYPE]
+            cands = raw if len(raw) == 1 else cands
+        return cands
+
+    def camera_topic(self, image: str | None = None, option: str = "--calibration-topic") -> str:
+        """``image`` checked, else the one camera topic of the bag (:class:`BagError` naming ``option`` when
+        there are several or none)."""
+        if image is not None:
+            return self._require(image, "image", (IMAGE_TYPE, COMPRESSED_TYPE))
+        return self._pick(sorted(self._camera_candidates()), "camera image", option)
+
+    def camera_frames(self, num_frames: int, image: str | None = None, offset: float = 0.0) -> list[np.ndarray]:
+        """``num_frames`` decoded ``[H,W,3]`` uint8 RGB frames of the camera topic (``image``, else the one
+        camera topic found as :meth:`select` finds it), spread evenly over the recording: message
+        ``floor((i + offset) * count / num_frames)`` for i < num_frames (all of them when it has fewer; offset 0.5
+        takes the frames between those of offset 0). Undecodable messages are skipped, counted in :attr:`skipped`."""
+        topic = self.camera_topic(image)
+        count = self.topics[topic][1]
+        wanted = ({int((i + offset) * count / num_frames) for i in range(num_frames)} if count > num_frames
+                  else set(range(count)))
+        frames = []
+        try:
+            for i, (conn, _, raw) in enumerate(self._messages([topic])):
+                if i not in wanted:
+                    continue
+                try:
+                    frames.append(decode_rgb(conn.msgtype, self._reader.deserialize(raw, conn.msgtype)))
+                except (ImageDecodeError, ValueError) as exc:
+                    reason = f"undecodable image: {_one_line(exc)}"
+                    self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        except Exception as exc:  # rosbags raises several unrelated types for damaged bags
+            raise BagError(f"`{self.path}` is corrupt or truncated (reading {topic}): {_one_line(exc)}") from None
+        if not frames:
+            raise BagError(f"no decodable image on `{topic}` in `{self.path}`")
+        return frames
+
     def select(
         self,
         *,
@@ -293,15 +338,7 @@ class BagSource:
         if image is not None:
             image = self._require(image, "image", image_types)
         else:
-            # Colour-mapped outputs (depth/colored) and anything next to a recorded prediction are not the camera.
-            pred_root = "/" + pred.strip("/").split("/")[0] + "/" if pred else None
-            cands = [t for t, (ty, n) in self.topics.items()
-                     if ty == COMPRESSED_TYPE and n and not _is_depth(self._encoding(t))]
-            cands += [t for t, (ty, n) in self.topics.items() if ty == IMAGE_TYPE and n and self._encoding(t) in _COLOR_ENCODINGS]
-            cands = [t for t in cands if "colored" not in t.lower() and not (pred_root and t.startswith(pred_root))]
-            if len(cands) > 1:  # raw and compressed of the same camera: prefer raw
-                raw = [c for c in cands if self.topics[c][0] == IMAGE_TYPE]
-                cands = raw if len(raw) == 1 else cands
+            cands = self._camera_candidates(pred)
             if need_image:
                 image = self._pick(sorted(cands), "camera image", "--image-topic")
             elif len(cands) == 1:

@@ -378,7 +378,7 @@ def test_int8_calibrates_on_image_files_spread_over_a_recording(ckpt, ov_backend
 
     from d3_perception.backends.onnx_io import config_from_onnx
     from d3_perception.model.processing import preprocess
-    from d3_perception.openvino_export import _calibration_files, calibration_inputs, quantize_int8
+    from d3_perception.openvino_export import CalibrationFrames, calibration_inputs, quantize_int8
 
     rec = tmp_path / "recording" / "cam0"
     rec.mkdir(parents=True)
@@ -386,16 +386,17 @@ def test_int8_calibrates_on_image_files_spread_over_a_recording(ckpt, ov_backend
     for i, rgb in enumerate(frames):
         cv2.imwrite(str(rec / f"frame_{i:03d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     (rec / "info.txt").write_text("not an image")
-    picked = _calibration_files([tmp_path / "recording"], 3)
-    assert [p.name for p in picked] == ["frame_000.png", "frame_002.png", "frame_004.png"]  # spread, in order
-    assert len(_calibration_files([tmp_path / "recording"], 10)) == 6  # fewer than asked: all of them
+    source = CalibrationFrames(images=[tmp_path / "recording"])
+    picked = source.rgb(3)  # spread over the recording, in name order: frames 0, 2, 4
+    assert len(picked) == 3 and all(np.array_equal(a, frames[i]) for a, i in zip(picked, (0, 2, 4), strict=True))
+    assert len(source.rgb(10)) == 6 and source.count() == 6  # fewer than asked: all of them
     config = config_from_onnx(ov_backend.model_path)
-    inputs = calibration_inputs(config, 3, images=[str(tmp_path / "recording")])
+    inputs = calibration_inputs(config, 3, source=source)
     for x, i in zip(inputs, (0, 2, 4), strict=True):  # exactly the backends' pre-processing of those files
         np.testing.assert_array_equal(x, preprocess(frames[i][None], config.processing_resolution,
                                                     config.input_range)[0])
     xml = quantize_int8(ov_backend.model_path, tmp_path / "int8.xml", calibration_frames=3,
-                        calibration_images=[str(rec / "*.png")])
+                        calibration=CalibrationFrames(images=[str(rec / "*.png")]))
     int8 = create_backend("openvino", xml, precision="int8", num_threads=THREADS)
     out = int8.predict(frames[:1])
     ref = torch_backend.predict(frames[:1])
@@ -407,7 +408,7 @@ def test_image_agreement_measures_how_far_a_model_moves_on_unlabelled_images(ckp
     normals turned by 90 degrees cost 90; it scores the images not used for calibration."""
     import cv2
 
-    from d3_perception.openvino_export import image_agreement
+    from d3_perception.openvino_export import CalibrationFrames, image_agreement
 
     for i, rgb in enumerate(_frames(5, 48, 64, seed=4)):
         cv2.imwrite(str(tmp_path / f"f{i}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
@@ -418,15 +419,17 @@ def test_image_agreement_measures_how_far_a_model_moves_on_unlabelled_images(ckp
             n = out["normals"]
             return {"depth": out["depth"] * 0.5 + 0.25, "normals": np.stack([-n[:, 1], n[:, 0], n[:, 2]], 1)}
 
-    same = image_agreement(torch_backend, torch_backend, [tmp_path], calibration_frames=2)
-    assert same["images"] == 3 and not same["calibration_images_among_them"]  # 5 images, 2 calibrated on
+    folder = CalibrationFrames(images=[tmp_path])
+    same = image_agreement(torch_backend, torch_backend, folder, calibration_frames=2)
+    assert same["images"] == 2 and not same["calibration_images_among_them"]  # 5 images: 0, 2 calibrated; 1, 3 scored
     assert same["depth_mean_abs_diff_of_range"] < 1e-6 and same["normals_mean_angle_deg"] < 0.5
-    moved = image_agreement(Moved(), torch_backend, [tmp_path], calibration_frames=2)
+    moved = image_agreement(Moved(), torch_backend, folder, calibration_frames=2)
     assert moved["depth_mean_abs_diff_of_range"] < 1e-5  # affine in relative depth: no change after the fit
     normals = torch_backend.predict(_frames(1, 48, 64, seed=4))["normals"][0]
     expected = np.degrees(np.arccos(np.clip(normals[2] ** 2, -1, 1))).mean()  # cos = n_z^2 for a 90-degree z turn
     assert moved["normals_mean_angle_deg"] > 0.5 * expected > 1.0
-    only = image_agreement(torch_backend, torch_backend, [tmp_path / "f0.png"], calibration_frames=2)
+    only = image_agreement(torch_backend, torch_backend, CalibrationFrames(images=[tmp_path / "f0.png"]),
+                           calibration_frames=2)
     assert only["images"] == 1 and only["calibration_images_among_them"]
 
 
@@ -436,14 +439,47 @@ def test_int8_export_on_images_reports_the_agreement_on_the_other_images(ckpt, t
     import cv2
 
     from d3_perception.backends.onnx_io import export_onnx
-    from d3_perception.openvino_export import export_openvino
+    from d3_perception.openvino_export import CalibrationFrames, export_openvino
 
     for i, rgb in enumerate(_frames(4, 48, 64, seed=5)):
         cv2.imwrite(str(tmp_path / f"f{i}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     onnx_path = export_onnx(ckpt, tmp_path / "m.onnx", exporter="legacy")
     summary = export_openvino(ckpt, onnx_path, precision="int8", cache_dir=tmp_path / "cache", calibration_frames=2,
-                              quality_frames=4, tolerance=1.0, num_threads=THREADS, calibration_images=[tmp_path])
+                              quality_frames=4, tolerance=1.0, num_threads=THREADS,
+                              calibration=CalibrationFrames(images=[tmp_path]))
     assert summary["calibration_source"] == "images" and summary["calibration_frames"] == 2
     agreement = summary["agreement_on_images"]
     assert agreement["images"] == 2 and not agreement["calibration_images_among_them"]
     assert 0 <= agreement["depth_mean_abs_diff_of_range"] < 1 and 0 <= agreement["normals_mean_angle_deg"] < 90
+
+
+def test_calibration_frames_come_from_the_camera_topic_of_a_bag(tmp_path):
+    """--calibration-bag: the bag's one camera topic is found (raw and compressed alike), its frames are spread
+    over the recording, and a bag without a camera or with an unknown topic is refused in one line."""
+    from d3_perception.evaluation.bag_source import BagError
+    from d3_perception.openvino_export import CalibrationFrames
+    from d3_perception.rosbag_io import BagWriter
+
+    frames = _frames(8, 48, 64, seed=6)
+    with BagWriter(tmp_path / "run") as bag:
+        for i, rgb in enumerate(frames):
+            bag.write_image("/cam/image_raw", rgb, "rgb8", (i + 1) * 10**8, "cam_optical_frame")
+            bag.write_image("/cam/depth", np.full((48, 64), 2.0, np.float32), "32FC1", (i + 1) * 10**8,
+                            "cam_optical_frame")
+    source = CalibrationFrames(bag=str(tmp_path / "run"))
+    source.check()
+    assert source.count() == 8
+    got = source.rgb(4)  # messages 0, 2, 4, 6
+    assert all(np.array_equal(a, frames[i]) for a, i in zip(got, (0, 2, 4, 6), strict=True))
+    between = source.rgb(4, offset=0.5)  # 1, 3, 5, 7: the frames the agreement check scores
+    assert all(np.array_equal(a, frames[i]) for a, i in zip(between, (1, 3, 5, 7), strict=True))
+    with pytest.raises(BagError, match="image topic `/nope` is not in the bag"):
+        CalibrationFrames(bag=str(tmp_path / "run"), topic="/nope").check()
+    with BagWriter(tmp_path / "depth_only") as bag:
+        bag.write_image("/cam/depth", np.full((48, 64), 2.0, np.float32), "32FC1", 10**8, "cam_optical_frame")
+    with pytest.raises(BagError, match="no camera image topic found"):
+        CalibrationFrames(bag=str(tmp_path / "depth_only")).check()
+    with pytest.raises(ValueError, match="must not be given together"):
+        CalibrationFrames(images=[tmp_path], bag=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="must come with --calibration-bag"):
+        CalibrationFrames(topic="/cam/image_raw")

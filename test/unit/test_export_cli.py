@@ -84,6 +84,12 @@ def test_calibration_images_that_match_nothing_are_refused_before_any_export(ckp
     assert rc == 2 and "must come with --precision int8" in capsys.readouterr().err
     rc = main([str(ckpt), "-o", str(tmp_path / "x.onnx"), "--calibration-images", str(tmp_path)])  # no --openvino
     assert rc == 2 and "must come with --openvino --precision int8" in capsys.readouterr().err
+    rc = main([str(ckpt), "-o", str(tmp_path / "x.onnx"), "--openvino", "--precision", "int8",
+               "--calibration-bag", str(tmp_path / "no_such_bag")])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err.strip().splitlines()[-1]
+    rc = main([str(ckpt), "-o", str(tmp_path / "x.onnx"), "--openvino", "--precision", "int8",
+               "--calibration-topic", "/cam/image_raw"])
+    assert rc == 2 and "`--calibration-topic` must come with --calibration-bag" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
 
 
