@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -146,19 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds <= args.warmup_s or args.rate_hz <= 0:
         parser.error("--seconds must exceed --warmup-s and --rate-hz must be > 0")
 
-    from conftest import _DomainLease, ros_environment
+    from node_process import node_process_setup
 
     from d3_perception.ros.launch_config import node_command
 
-    tmp = Path(tempfile.mkdtemp(prefix="d3_multi_camera_"))
-    ckpt = args.checkpoint
-    if ckpt is None:
-        from d3_perception.model.checkpoint import build_random_checkpoint
-
-        ckpt = build_random_checkpoint(tmp / "tiny")
-    lease = _DomainLease()
-    (tmp / "log").mkdir()
-    env = {**os.environ, **ros_environment(lease.domain_id, tmp / "log")}
+    tmp, ckpt, lease, env = node_process_setup("d3_multi_camera_", args.checkpoint)
     common = {"processing_resolution": args.processing_resolution, "lazy_outputs": True, "metric.mode": "none"}
     frames = _frames((args.height, args.width))
     results = {}

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -84,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import rclpy
-    from conftest import _DomainLease, ros_environment
     from d3_perception.msg import PredictionInfo
+    from node_process import node_process_setup
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -95,16 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     from d3_perception.ros.conversions import numpy_to_msg
     from d3_perception.ros.launch_config import node_command
 
-    tmp = Path(tempfile.mkdtemp(prefix="d3_node_load_"))
-    ckpt = args.checkpoint
-    if ckpt is None:
-        from d3_perception.model.checkpoint import build_random_checkpoint
-
-        ckpt = build_random_checkpoint(tmp / "tiny")
-    lease = _DomainLease()
-    (tmp / "log").mkdir()
-    env = {**os.environ, **ros_environment(lease.domain_id, tmp / "log")}
-    os.environ.update(ros_environment(lease.domain_id, tmp / "log"))
+    tmp, ckpt, lease, env = node_process_setup("d3_node_load_", args.checkpoint)
+    os.environ.update(env)  # this process's own rclpy client joins the same isolated graph
     spec = node_command(namespace="load", checkpoint=str(ckpt), backend=args.backend, base_env=env,
                         extra_params={"processing_resolution": args.processing_resolution, "precision": args.precision,
                                       "lazy_outputs": True, "metric.mode": "none", "num_threads": args.num_threads,
