@@ -10,6 +10,7 @@ place. NNCF is only needed here (``pip install 'd3_perception[openvino-int8]'``)
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import logging
 import math
@@ -23,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FP32_MODULES", "NNCF_INSTALL_HINT", "CalibrationFrames", "QualityRejected", "export_openvino", "fp32_scope", "image_agreement",
-           "quality_gate", "quantize_int8"]
+__all__ = ["FP32_MODULES", "NNCF_INSTALL_HINT", "CalibrationFrames", "QualityRejected", "export_openvino", "fp32_scope",
+           "image_agreement", "quality_gate", "quantize_int8"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class CalibrationFrames:
     """Where INT8 calibration frames come from: the deployment camera's own frames, as image files (``images``:
     files, folders searched recursively, globs) or the camera topic of a ROS 2 bag (``bag``, ``topic`` or the
     bag's one camera topic); neither = synthetic frames of the wide world. Frames are spread evenly over the
-    recording (a recording in order: not its first second)."""
+    recording (a recording in order: not its first second). The files, or the bag's topic and message count,
+    are looked up once; only the frames asked for are decoded."""
 
     images: tuple[str, ...] = ()
     bag: str | None = None
@@ -74,6 +76,7 @@ class CalibrationFrames:
     def from_camera(self) -> bool:
         return bool(self.images or self.bag)
 
+    @functools.cached_property
     def _files(self) -> list[Path]:
         from d3_perception.image_files import collect_inputs
 
@@ -83,41 +86,45 @@ class CalibrationFrames:
                              f"in {', '.join(unmatched or self.images)}")
         return files
 
+    @functools.cached_property
+    def _bag_topic(self) -> tuple[str, int]:
+        """(the bag's camera topic, its message count)."""
+        from d3_perception.evaluation.bag_source import BagSource
+
+        with BagSource(self.bag) as source:  # BagError is a ValueError
+            topic = source.camera_topic(self.topic)
+            return topic, source.topics[topic][1]
+
     def check(self) -> None:
         """Raise ``ValueError`` (one line) now, before any slow work, if the frames cannot be found."""
-        if self.images:
-            self._files()
-        elif self.bag:
-            from d3_perception.evaluation.bag_source import BagSource
+        self.count()
 
-            with BagSource(self.bag) as source:  # BagError is a ValueError
-                source.camera_topic(self.topic)
+    def count(self) -> int:
+        """How many frames the recording holds (0 without camera frames)."""
+        if self.bag:
+            return self._bag_topic[1]
+        return len(self._files) if self.images else 0
 
-    def rgb(self, num_frames: int, offset: float = 0.0) -> list[np.ndarray]:
-        """``num_frames`` (or all, when fewer) ``[H,W,3]`` uint8 frames spread over the recording."""
+    def indices(self, num_frames: int, offset: float = 0.0) -> list[int]:
+        """Positions in the recording of ``num_frames`` frames spread over it (:func:`_spread`)."""
+        return _spread(list(range(self.count())), num_frames, offset)
+
+    def rgb(self, indices: list[int]) -> list[np.ndarray]:
+        """The ``[H,W,3]`` uint8 frames at these positions of the recording (decoded here, nothing else)."""
         if self.bag:
             from d3_perception.evaluation.bag_source import BagSource
 
             with BagSource(self.bag) as source:
-                return source.camera_frames(num_frames, self.topic, offset)
+                return source.camera_frames(indices, self._bag_topic[0])
         from d3_perception.image_files import read_rgb
 
         frames = []
-        for path in _spread(self._files(), num_frames, offset):
-            rgb = read_rgb(path)
+        for i in indices:
+            rgb = read_rgb(self._files[i])
             if rgb is None:
-                raise ValueError(f"`--calibration-images`: cannot read {path} as an image")
+                raise ValueError(f"`--calibration-images`: cannot read {self._files[i]} as an image")
             frames.append(rgb)
         return frames
-
-    def count(self) -> int:
-        """How many frames the recording holds."""
-        if self.bag:
-            from d3_perception.evaluation.bag_source import BagSource
-
-            with BagSource(self.bag) as source:
-                return source.topics[source.camera_topic(self.topic)][1]
-        return len(self._files())
 
 
 def image_agreement(candidate, reference, source: CalibrationFrames, calibration_frames: int,
@@ -127,13 +134,13 @@ def image_agreement(candidate, reference, source: CalibrationFrames, calibration
     as a fraction of the map's range; normals as the mean angle between the two. Scored on up to ``max_images``
     frames between the ``calibration_frames`` calibrated on (when the recording has that many more), else on
     calibration frames."""
+    from d3_perception.evaluation.metrics import normal_angles_deg
     from d3_perception.geometry.alignment import fit_scale_shift
 
     count = source.count()
     unseen = count >= 2 * calibration_frames  # frames between the calibration ones exist
-    n = min(max_images, calibration_frames if unseen else count)
-    frames = source.rgb(calibration_frames, offset=0.5) if unseen else source.rgb(count)
-    frames = _spread(frames, n)
+    pool = source.indices(calibration_frames, offset=0.5) if unseen else list(range(count))
+    frames = source.rgb(_spread(pool, min(max_images, len(pool))))
     depth_mae, normals_deg = [], []
     for rgb in frames:
         a, b = candidate.predict(rgb[None]), reference.predict(rgb[None])
@@ -146,9 +153,9 @@ def image_agreement(candidate, reference, source: CalibrationFrames, calibration
                 scale, shift = 1.0, 0.0
             spread = float(np.ptp(y[ok])) or 1.0
             depth_mae.append(float(np.mean(np.abs(scale * x[ok] + shift - y[ok]))) / spread)
-        if "normals" in a and "normals" in b:
-            cos = np.clip(np.sum(a["normals"][0] * b["normals"][0], axis=0), -1.0, 1.0)
-            normals_deg.append(float(np.degrees(np.arccos(cos[np.isfinite(cos)])).mean()))
+        if "normals" in a and "normals" in b:  # [3,H,W] -> [H,W,3]
+            angles = normal_angles_deg(np.moveaxis(a["normals"][0], 0, -1), np.moveaxis(b["normals"][0], 0, -1))
+            normals_deg.append(float(angles.mean()))
     report: dict[str, Any] = {"images": len(frames), "calibration_images_among_them": not unseen}
     if depth_mae:
         report["depth_mean_abs_diff_of_range"] = float(np.mean(depth_mae))
@@ -167,7 +174,7 @@ def calibration_inputs(config, num_frames: int, seed: int | None = None, resolut
 
     res = resolution or config.processing_resolution
     if source is not None and source.from_camera:
-        return [preprocess(rgb[None], res, config.input_range)[0] for rgb in source.rgb(num_frames)]
+        return [preprocess(rgb[None], res, config.input_range)[0] for rgb in source.rgb(source.indices(num_frames))]
     from d3_perception.evaluation.heldout import CALIBRATION_SEED, synthetic_frames
 
     hw = (max(8, res * 3 // 4), res)

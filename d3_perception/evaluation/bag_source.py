@@ -291,18 +291,18 @@ class BagSource:
             return self._require(image, "image", (IMAGE_TYPE, COMPRESSED_TYPE))
         return self._pick(sorted(self._camera_candidates()), "camera image", option)
 
-    def camera_frames(self, num_frames: int, image: str | None = None, offset: float = 0.0) -> list[np.ndarray]:
-        """``num_frames`` decoded ``[H,W,3]`` uint8 RGB frames of the camera topic (``image``, else the one
-        camera topic found as :meth:`select` finds it), spread evenly over the recording: message
-        ``floor((i + offset) * count / num_frames)`` for i < num_frames (all of them when it has fewer; offset 0.5
-        takes the frames between those of offset 0). Undecodable messages are skipped, counted in :attr:`skipped`."""
+    def camera_frames(self, indices, image: str | None = None) -> list[np.ndarray]:
+        """The decoded ``[H,W,3]`` uint8 RGB frames at these message positions of the camera topic (``image``,
+        else the one camera topic found as :meth:`select` finds it), in recording order; only those messages
+        are decoded. Undecodable messages are skipped and counted in :attr:`skipped`."""
         topic = self.camera_topic(image)
-        count = self.topics[topic][1]
-        wanted = ({int((i + offset) * count / num_frames) for i in range(num_frames)} if count > num_frames
-                  else set(range(count)))
+        wanted = set(indices)
+        last = max(wanted, default=-1)
         frames = []
         try:
             for i, (conn, _, raw) in enumerate(self._messages([topic])):
+                if i > last:  # every wanted message read: the rest of the bag is not needed
+                    break
                 if i not in wanted:
                     continue
                 try:

@@ -387,9 +387,10 @@ def test_int8_calibrates_on_image_files_spread_over_a_recording(ckpt, ov_backend
         cv2.imwrite(str(rec / f"frame_{i:03d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     (rec / "info.txt").write_text("not an image")
     source = CalibrationFrames(images=[tmp_path / "recording"])
-    picked = source.rgb(3)  # spread over the recording, in name order: frames 0, 2, 4
+    assert source.indices(3) == [0, 2, 4]  # spread over the recording, in name order
+    picked = source.rgb(source.indices(3))
     assert len(picked) == 3 and all(np.array_equal(a, frames[i]) for a, i in zip(picked, (0, 2, 4), strict=True))
-    assert len(source.rgb(10)) == 6 and source.count() == 6  # fewer than asked: all of them
+    assert source.indices(10) == list(range(6)) and source.count() == 6  # fewer than asked: all of them
     config = config_from_onnx(ov_backend.model_path)
     inputs = calibration_inputs(config, 3, source=source)
     for x, i in zip(inputs, (0, 2, 4), strict=True):  # exactly the backends' pre-processing of those files
@@ -469,10 +470,12 @@ def test_calibration_frames_come_from_the_camera_topic_of_a_bag(tmp_path):
     source = CalibrationFrames(bag=str(tmp_path / "run"))
     source.check()
     assert source.count() == 8
-    got = source.rgb(4)  # messages 0, 2, 4, 6
-    assert all(np.array_equal(a, frames[i]) for a, i in zip(got, (0, 2, 4, 6), strict=True))
-    between = source.rgb(4, offset=0.5)  # 1, 3, 5, 7: the frames the agreement check scores
-    assert all(np.array_equal(a, frames[i]) for a, i in zip(between, (1, 3, 5, 7), strict=True))
+    assert source.indices(4) == [0, 2, 4, 6]
+    got = source.rgb(source.indices(4))
+    assert len(got) == 4 and all(np.array_equal(a, frames[i]) for a, i in zip(got, (0, 2, 4, 6), strict=True))
+    assert source.indices(4, offset=0.5) == [1, 3, 5, 7]  # the frames the agreement check scores
+    between = source.rgb(source.indices(4, offset=0.5))
+    assert len(between) == 4 and all(np.array_equal(a, frames[i]) for a, i in zip(between, (1, 3, 5, 7), strict=True))
     with pytest.raises(BagError, match="image topic `/nope` is not in the bag"):
         CalibrationFrames(bag=str(tmp_path / "run"), topic="/nope").check()
     with BagWriter(tmp_path / "depth_only") as bag:
