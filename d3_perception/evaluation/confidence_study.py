@@ -66,6 +66,8 @@ NODE_DEFAULT_FAMILIES = (("room (held-out seeds)", "room", (9999, 10000, 10001, 
 
 def _node_defaults(args) -> int:
     """Calibration of the node's defaults on every family (``--node-defaults``)."""
+    from d3_perception.evaluation.calibration import FlyingPoints
+    from d3_perception.evaluation.report import write_json
     from d3_perception.geometry.confidence import DEFAULT_MIN_CONFIDENCE, ConfidenceConfig
 
     t0 = time.time()
@@ -73,14 +75,13 @@ def _node_defaults(args) -> int:
     results = {"config": asdict(config), "min_confidence": DEFAULT_MIN_CONFIDENCE, "families": {}}
     for family, kind, seeds in NODE_DEFAULT_FAMILIES:
         cal = _calibration(_frames(model, kind, seeds, args.frames, hw, args.noise_dn), config, DEFAULT_MIN_CONFIDENCE)
-        fly, at85 = cal["flying"][str(DEFAULT_MIN_CONFIDENCE)], cal["at_85_percent_kept"]
+        fly = FlyingPoints(**cal["flying"][str(DEFAULT_MIN_CONFIDENCE)])
+        at85 = cal["at_85_percent_kept"]  # the oracle: the 15 % largest errors dropped
+        oracle = FlyingPoints(at85["points"], at85["flying"], at85["kept"], at85["oracle_flying"])
         ause = cal["ause"]
-        row = {"ause_combined_over_random": ause["combined"] / ause["random"],
-               "flying_before": fly["flying"] / fly["points"], "flying_after": fly["kept_flying"] / max(fly["kept"], 1),
-               "kept": fly["kept"] / fly["points"],
-               "oracle_reduction_at_85_percent_kept": (at85["flying"] / at85["points"])
-               / max(at85["oracle_flying"] / at85["kept"], 1e-12)}
-        row["reduction"] = row["flying_before"] / max(row["flying_after"], 1e-12)
+        row = {"ause_combined_over_random": ause["combined"] / ause["random"], "flying_before": fly.share_before,
+               "flying_after": fly.share_after, "kept": fly.kept_share, "reduction": fly.reduction,
+               "oracle_reduction_at_85_percent_kept": oracle.reduction}
         results["families"][family] = row
         print(f"{family}: combined AUSE / random {row['ause_combined_over_random']:.2f}; flying points "
               f"{row['flying_before']:.3f} -> {row['flying_after']:.3f} ({row['reduction']:.2f}x) keeping "
@@ -88,7 +89,7 @@ def _node_defaults(args) -> int:
     results["run"] = {"checkpoint": args.checkpoint, "backend": args.backend, "frame_hw": list(hw),
                       "seconds": round(time.time() - t0, 1)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1))
+    write_json(args.json, results)  # strict JSON: a ratio without flying points is null, not NaN
     print(f"confidence study (node defaults): {results['run']['seconds']} s, wrote {args.json}")
     return 0
 
