@@ -27,7 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
-def build_phase(tmp: Path, phase: str, resolution: int, batch: int, one_pass: bool):
+def build_phase(tmp: Path, phase: str, resolution: int, batch: int, one_pass: bool, schedule: str = "joint",
+                labeled: list | None = None):
+    """A built D3Phase of the tiny preset on a random tiny teacher; ``labeled``: the data sources (default the
+    test config's rooms)."""
     from d3_training.phases import D3Phase
     from d3_training.testing import make_tiny_teacher, tiny_config
     from d3_training.trainer import make_accelerator
@@ -35,9 +38,9 @@ def build_phase(tmp: Path, phase: str, resolution: int, batch: int, one_pass: bo
     teacher = tmp / "teacher"
     if not teacher.is_dir():
         make_tiny_teacher(teacher)
-    cfg = tiny_config(tmp / f"run_{phase}_{one_pass}", teacher,
-                      data={"resolution": [resolution, resolution]},
-                      schedule={"name": "joint", phase: {"steps": 10, "batch_size": batch}})
+    data = {"resolution": [resolution, resolution], **({"labeled": labeled} if labeled else {})}
+    cfg = tiny_config(tmp / f"run_{phase}_{one_pass}", teacher, data=data,
+                      schedule={"name": schedule, phase: {"steps": 10, "batch_size": batch}})
     acc = make_accelerator(cfg, getattr(cfg.schedule, phase))
     acc.free_memory()
     trainer = D3Phase(cfg, getattr(cfg.schedule, phase), tmp, acc, phase_name=phase, teacher_dir=teacher,
@@ -63,21 +66,10 @@ def time_step(trainer, batch, repeats: int) -> tuple[list[float], float]:
 
 def breakdown(tmp: Path, resolution: int, batch: int, repeats: int) -> dict:
     """Median ms of each part of a stage-2 step (data, forward, backward, optimizer; module forwards inside)."""
-    from d3_training.phases import D3Phase
-    from d3_training.testing import make_tiny_teacher, tiny_config
-    from d3_training.trainer import make_accelerator
-
-    teacher = make_tiny_teacher(tmp / "teacher")
-    cfg = tiny_config(tmp / "run_breakdown", teacher,
-                      data={"resolution": [resolution, resolution],
-                            "labeled": [{"kind": "synthetic", "num_samples": 400, "scene_kind": "world"}]},
-                      schedule={"name": "two_stage", "stage2": {"steps": 10, "batch_size": batch}})
-    acc = make_accelerator(cfg, cfg.schedule.stage2)
-    trainer = D3Phase(cfg, cfg.schedule.stage2, tmp, acc, phase_name="stage2", teacher_dir=teacher,
-                      vae_dir=teacher / "vae", one_pass=True)
-    trainer.build()
+    trainer = build_phase(tmp, "stage2", resolution, batch, True, schedule="two_stage",
+                          labeled=[{"kind": "synthetic", "num_samples": 400, "scene_kind": "world"}])
     data = trainer.data()
-    modules = {"student_unet": acc.unwrap_model(trainer.module).unet, "vae_encoder": trainer.vae.vae.encoder,
+    modules = {"student_unet": trainer.acc.unwrap_model(trainer.module).unet, "vae_encoder": trainer.vae.vae.encoder,
                "vae_decoder": trainer.vae.vae.decoder}
     started: dict[str, float] = {}
     forwards: dict[str, list[float]] = {name: [] for name in modules}
