@@ -17,6 +17,9 @@ default), so the result stays on the scale of one cue whatever the number of cue
 The work runs on a grid ``step`` times coarser than the frame (the model's depth is itself upsampled from its
 processing resolution) and the combined map is resized back with nearest neighbour, so the published map
 and the gate agree pixel for pixel. Invalid depth (NaN, <= 0) gets confidence 0.
+
+The per-pixel arithmetic runs in numba kernels (:mod:`~d3_perception.geometry.confidence_kernel`) when numba is
+installed; the numpy code here is the reference they equal bit for bit, and the fallback.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from d3_perception.geometry import confidence_kernel
 from d3_perception.geometry.intrinsics import check_intrinsics
 
 __all__ = [
@@ -135,8 +139,12 @@ class SparsePoints:
 class ConfidenceEstimator:
     """Confidence maps of one stream with work buffers reused across frames (not thread-safe: one worker)."""
 
-    def __init__(self, config: ConfidenceConfig | None = None) -> None:
+    def __init__(self, config: ConfidenceConfig | None = None, compiled: bool = True) -> None:
+        """compiled: use :mod:`~d3_perception.geometry.confidence_kernel`'s one-sweep kernels when numba is
+        installed (the numpy code otherwise, and always when ``parts`` are asked for); False = numpy only (the
+        reference the kernels are tested against)."""
         self.config = config or ConfidenceConfig()
+        self._kernel = confidence_kernel.load() if compiled else None
         self._buffers: dict[str, np.ndarray] = {}
         self._grids: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._last: tuple[np.ndarray, np.ndarray] | None = None  # (grid confidence, grid validity) of the last frame
@@ -179,12 +187,15 @@ class ConfidenceEstimator:
         hw = z_full.shape
         step = c.step(hw)
         grid = (-(-hw[0] // step), -(-hw[1] // step))
-        z = self._down(z_full, step)
-        conf = self._buf("conf", grid)
-        cues = []
         use_normals = "normals" in c.sources and model_normals is not None
         if use_normals and K is None:
             raise ValueError("`K` must be given with `model_normals` (the normals cue needs intrinsics); got None")
+        if self._kernel is not None and parts is None and min(grid) >= 2:
+            self._rate_compiled(z_full, step, grid, K, model_normals if use_normals else None, sparse_m)
+            return
+        z = self._down(z_full, step)
+        conf = self._buf("conf", grid)
+        cues = []
         with np.errstate(invalid="ignore", divide="ignore"):
             if "edges" in c.sources or use_normals:
                 du, dv = self._differences(z)
@@ -226,6 +237,57 @@ class ConfidenceEstimator:
         if parts is not None:
             for name, cue in cues:
                 parts[name] = self._up(cue, hw, None).copy()
+
+    def _rate_compiled(self, z_full: np.ndarray, step: int, grid: tuple[int, int], K, model_normals,
+                       sparse_m) -> None:
+        """:meth:`rate` by the compiled kernels (same arguments, checked; ``model_normals`` None = no normals cue):
+        the same grid copies, erosion and powers as the numpy path, the per-pixel arithmetic in two sweeps."""
+        c, kernel = self.config, self._kernel
+        use_edges, use_normals = "edges" in c.sources, model_normals is not None
+        z = self._down(z_full, step)
+        conf, valid = self._buf("conf", grid), self._buf("valid", grid, bool)
+        edges, normals = self._buf("edges", grid), self._buf("normals", grid)
+        if use_edges or use_normals:
+            m, u, v, fx, fy = (z,) * 3, z[0], z[0], 1.0, 1.0  # placeholders of an unused normals cue
+            if use_normals:
+                K = check_intrinsics(K)
+                m = tuple(np.ascontiguousarray(self._down(p, step)) for p in _planes(model_normals, z_full.shape))
+                u, v = self._grid_offsets(grid, step, K)
+                u, v, fx, fy = u[0], v[:, 0], float(K[0, 0]) / step, float(K[1, 1]) / step
+            kernel.image_cues(z, use_edges, c.edge_scale, *m, use_normals, fx, fy, u, v, c.normal_scale, edges,
+                              normals)
+            if use_edges:
+                self._spread_edges(edges)
+        sparse_cue = evidence = None
+        if "sparse" in c.sources and sparse_m is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                sparse_cue, evidence = self._sparse(z_full, sparse_m, grid)
+        images = float(use_edges + use_normals)
+        use_evidence = evidence is not None and c.combine == "geomean"
+        if use_evidence and evidence.min() >= 1.0:  # reference near every pixel (scan rows): as the numpy path
+            images, use_evidence = images + c.sparse_weight, False
+        kernel.combine(z, edges, use_edges, normals, use_normals, conf if sparse_cue is None else sparse_cue,
+                       sparse_cue is not None, conf if evidence is None else evidence, use_evidence,
+                       c.combine == "min", images, c.sparse_weight, conf, valid)
+        if c.combine == "geomean":
+            if use_evidence:
+                np.power(conf, evidence, out=conf)  # the kernel left the per-pixel exponent in `evidence`
+            elif images not in (0.0, 1.0):
+                np.power(conf, np.float32(1.0 / images), out=conf)
+        np.minimum(conf, np.float32(1.0), out=conf)  # float32 rounding of the powers can give 1 + 1e-7
+        self._last = (conf, valid)
+        self._last_hw = z_full.shape
+
+    def _grid_offsets(self, grid: tuple[int, int], step: int, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel offsets from the principal point of the grid pixels, ``u`` ``[1,gw]`` and ``v`` ``[gh,1]``
+        float32: grid pixel (i, j) is frame pixel (step*i, step*j), so the grid's intrinsics are fx/step,
+        cx/step, ... (cached for the last grid and K)."""
+        key = (grid, step, K.tobytes())
+        if key not in self._grids:
+            u = (np.arange(grid[1], dtype=np.float64) - K[0, 2] / step).astype(np.float32)[None, :]
+            v = (np.arange(grid[0], dtype=np.float64) - K[1, 2] / step).astype(np.float32)[:, None]
+            self._grids = {key: (u, v)}
+        return self._grids[key]
 
     def full_map(self, out: np.ndarray | None = None) -> np.ndarray:
         """The last :meth:`rate`'s confidence at the frame size ``[H,W]`` float32 (nearest-neighbour from the
@@ -311,11 +373,15 @@ class ConfidenceEstimator:
         x += s
         np.divide(s, x, out=x)
         np.fmax(x, np.float32(0.0), out=x)  # NaN (invalid neighbours) -> 0
+        self._spread_edges(x)
+        return x
+
+    def _spread_edges(self, x: np.ndarray) -> None:
+        """The edge cue's minimum filter of radius ``edge_radius_px`` (in place; replicated border)."""
         r = self.config.edge_radius_px
         if r:
             cv2.erode(x, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * r + 1, 2 * r + 1)), dst=x,
                       borderType=cv2.BORDER_REPLICATE)
-        return x
 
     def _differences(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Central differences over 2 px ``z(u+1) - z(u-1)``, ``z(v+1) - z(v-1)`` (one-sided, doubled, at the
@@ -337,13 +403,7 @@ class ConfidenceEstimator:
                  ) -> np.ndarray:
         """Normal cue on the grid: ``s / (s + 1 - cos)`` with ``cos`` from :func:`_depth_normal_cosine`."""
         m = [self._down(p, step) for p in planes]
-        # grid pixel (i, j) is frame pixel (step*i, step*j): the grid's intrinsics are fx/step, cx/step, ...
-        key = (z.shape, step, K.tobytes())
-        if key not in self._grids:
-            u = (np.arange(z.shape[1], dtype=np.float64) - K[0, 2] / step).astype(np.float32)[None, :]
-            v = (np.arange(z.shape[0], dtype=np.float64) - K[1, 2] / step).astype(np.float32)[:, None]
-            self._grids = {key: (u, v)}
-        u, v = self._grids[key]
+        u, v = self._grid_offsets(z.shape, step, K)
         cos = _depth_normal_cosine(z, du, dv, float(K[0, 0]) / step, float(K[1, 1]) / step, u, v, m, self._buf)
         s = np.float32(self.config.normal_scale)
         np.subtract(np.float32(1.0) + s, cos, out=cos)
@@ -368,15 +428,20 @@ class ConfidenceEstimator:
         cell = max(1, round(self.config.residual_window * h / 2))  # frame pixels per cell
         cells_hw = (-(-h // cell), -(-w // cell))
         bins, index, rr = points.by_cell(cell)
-        r = np.take(z_full.reshape(-1), index)  # [M] only the reference pixels, no full-frame pass
-        r -= rr
-        np.abs(r, out=r)
-        r /= rr  # [M] relative residual, NaN where the depth is invalid
-        ok = np.isfinite(r)
-        if not ok.all():
-            bins, r = bins[ok], r[ok]
         size = cells_hw[0] * cells_hw[1]
-        num, den = _cell_medians(bins, r, size)
+        if self._kernel is not None:
+            num, den = self._buf("cell_median", (size,)), self._buf("cell_count", (size,))
+            self._kernel.cell_medians(np.ascontiguousarray(z_full).reshape(-1), index, rr, bins, size,
+                                      RESIDUAL_CAP, num, den)
+        else:
+            r = np.take(z_full.reshape(-1), index)  # [M] only the reference pixels, no full-frame pass
+            r -= rr
+            np.abs(r, out=r)
+            r /= rr  # [M] relative residual, NaN where the depth is invalid
+            ok = np.isfinite(r)
+            if not ok.all():
+                bins, r = bins[ok], r[ok]
+            num, den = _cell_medians(bins, r, size)
         num, den = num.reshape(cells_hw), den.reshape(cells_hw)
         num *= den  # count-weighted: a cell of one return weighs little beside full scan-row cells
         cv2.boxFilter(num, -1, (3, 3), dst=num, normalize=False, borderType=cv2.BORDER_CONSTANT)

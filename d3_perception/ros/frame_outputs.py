@@ -198,8 +198,8 @@ def compute_outputs(cfg: NodeConfig, want: dict[str, bool], rgb: np.ndarray, rel
         depth_m = None
         if alignment.is_metric and relative is not None:
             depth_m = MetricAligner.apply(relative, alignment, out=pool.view("depth", out_hw, np.float32)[1])
-            if quality is not None:
-                quality.stabilise(depth_m, rgb, cfg)  # before the confidence: it rates the published depth
+            if quality is not None and cfg.temporal.blend > 0:
+                quality.stabilise(depth_m, rgb, cfg)  # blends in place: before the confidence, which rates it
         if colored_here:
             side.colored()
         tick()  # metric_fit
@@ -228,6 +228,10 @@ def compute_outputs(cfg: NodeConfig, want: dict[str, bool], rgb: np.ndarray, rel
         if quality is not None and relative is not None:
             buf = pool.view("confidence", out_hw, np.float32)[1] if want.get("confidence") else None
             quality.confidence(geo_depth, K, cue_normals, out=buf)
+            if depth_m is not None and cfg.temporal.blend <= 0:
+                # the flicker estimate alone changes no depth, so it runs here, before the gate: not beside the
+                # helpers' normals work (which slowed it 2x), and after the confidence grid read its depth rows
+                quality.stabilise(depth_m, rgb, cfg)
             if depth_m is not None or cloud_wanted:  # the proxy alone feeds nothing else: not gated
                 quality.gate(geo_depth, cfg.min_confidence)  # depth_m (the depth message) or the cloud's proxy
             if want.get("confidence") or (cloud_wanted and cfg.cloud_confidence):

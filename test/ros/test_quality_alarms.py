@@ -17,7 +17,7 @@ from node_harness import Client, make_rgb
 
 from d3_perception.backends.chain import BackendChain
 from d3_perception.ros.diagnostics import OK, WARN, NodeState, diagnostic_array, prediction_info
-from d3_perception.ros.frame_quality import QualitySample, _every_step, quality_alarms, worst
+from d3_perception.ros.frame_quality import QualitySample, _every_step, _median, quality_alarms, worst
 from d3_perception.ros.params import config_from_values
 from d3_perception.ros.pipeline import OUTPUTS, CameraPipeline, wanted_outputs
 
@@ -196,3 +196,11 @@ def test_flicker_grid_sample_is_every_step_th_pixel(hw, step):
     grid = _every_step(rgb, step)
     np.testing.assert_array_equal(grid, rgb[::step, ::step])
     assert grid.flags.c_contiguous
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 1199, 1200])
+def test_residual_median_is_numpys_median(n):
+    """The alignment residual's scale (residual / median depth) uses a one-partition median: np.median's value."""
+    values = np.random.default_rng(n).uniform(0.5, 20.0, n).astype(np.float32)
+    values[: n // 3] = values[0]  # ties
+    assert _median(values) == pytest.approx(float(np.median(values)), rel=1e-6)
