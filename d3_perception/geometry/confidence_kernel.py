@@ -19,7 +19,7 @@ import types
 
 import numpy as np
 
-__all__ = ["load"]
+__all__ = ["load", "warm_up"]
 
 
 @functools.cache
@@ -33,6 +33,29 @@ def load() -> types.SimpleNamespace | None:
     jit = numba.njit(cache=True, nogil=True, error_model="numpy")  # IEEE division (inf, NaN), as numpy
     return types.SimpleNamespace(image_cues=jit(_image_cues), combine=jit(_combine), cell_medians=jit(_cell_medians),
                                  changed_pixels=jit(_changed_pixels), still_blend=jit(_still_blend))
+
+
+def warm_up() -> bool:
+    """Compile every kernel now (or load it from numba's cache), for the argument types the node passes, on a
+    tiny frame: a node calls this while it configures, so its first camera frame does not wait for it (about
+    2 s the first time on a machine, 0.3 s from the cache). False without numba."""
+    if load() is None:
+        return False
+    from d3_perception.geometry.confidence import ConfidenceEstimator, SparsePoints
+    from d3_perception.geometry.temporal import TemporalStabilizer
+
+    depth = np.linspace(1.0, 2.0, 64, dtype=np.float32).reshape(8, 8)
+    normals = np.zeros((3, 8, 8), np.float32)
+    normals[2] = -1.0
+    reference = np.full((8, 8), np.nan, np.float32)
+    reference[4] = depth[4]
+    K = np.array([[8.0, 0.0, 3.5], [0.0, 8.0, 3.5], [0.0, 0.0, 1.0]])
+    ConfidenceEstimator().rate(depth, K, normals, SparsePoints(reference))
+    stabilizer = TemporalStabilizer()
+    grey = np.zeros((8, 8, 3), np.uint8)
+    for _ in range(2):  # the kernels run from the second frame on
+        stabilizer.update(depth, grey)
+    return True
 
 
 def _image_cues(z, use_edges, edge_scale, m0, m1, m2, use_normals, fx, fy, u, v, normal_scale, edges, normals):

@@ -149,3 +149,38 @@ def test_compiled_stabiliser_equals_the_numpy_reference(blend):
         else:
             assert compiled.still_flicker == pytest.approx(numpy_only.still_flicker, rel=1e-12)
     assert numpy_only.moving_share > 0.5  # the camera jump was seen as motion (frame 7 vs the jumped frame 6)
+
+
+def test_warm_up_compiles_what_a_node_frame_uses():
+    """After warm_up() (the node calls it while configuring), a 640x480 frame as the node rates it (normals as
+    three planes, a SparsePoints reference) and two stabiliser frames compile nothing more: the first camera
+    frame does not wait for numba. Run in a fresh process, where no other test compiled anything."""
+    import subprocess
+
+    code = """
+import numpy as np
+from d3_perception.geometry import confidence_kernel as ck
+from d3_perception.geometry.confidence import ConfidenceEstimator, SparsePoints
+from d3_perception.geometry.temporal import StabilizerConfig, TemporalStabilizer
+assert ck.warm_up()
+k = ck.load()
+names = ("image_cues", "combine", "cell_medians", "changed_pixels", "still_blend")
+before = [len(getattr(k, n).signatures) for n in names]
+assert all(before), before
+rng = np.random.default_rng(0)
+depth = rng.uniform(1, 5, (480, 640)).astype(np.float32)
+normals = rng.normal(size=(3, 480, 640)).astype(np.float32)
+reference = np.full((480, 640), np.nan, np.float32)
+reference[::30] = depth[::30]
+K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
+ConfidenceEstimator().rate(depth, K, (normals[0], normals[1], normals[2]), SparsePoints(reference))
+stabilizer = TemporalStabilizer(StabilizerConfig(blend=0.5))
+rgb = np.zeros((480, 640, 3), np.uint8)
+for _ in range(3):
+    stabilizer.update(depth, rgb)
+after = [len(getattr(k, n).signatures) for n in names]
+assert after == before, (before, after)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
