@@ -108,7 +108,10 @@ def make_pipeline(threads: int, inputs, confidence: bool = True, confidence_topi
     from d3_perception.ros.pipeline import CameraPipeline
 
     image_msg, relative, normals, sparse, K = inputs
-    cfg = config_from_values({"metric.mode": "sparse_depth", "postprocess_threads": threads})
+    # one camera_info for the whole run: without a time limit on it (the node's default, 5 s, would drop K in a
+    # long run, and every later frame would be timed without its cloud)
+    cfg = config_from_values({"metric.mode": "sparse_depth", "postprocess_threads": threads,
+                              "camera_info_timeout_s": 0.0})
     pipe = CameraPipeline(cfg, warn=lambda text: print(text, file=sys.stderr))
     header = _header()
     info = CameraInfo(header=header, height=H, width=W, k=[float(v) for v in K.ravel()])
@@ -132,6 +135,9 @@ def ours(image_msg, pipe, chain, want, timings):
                           mark=lambda: t.append(time.perf_counter()))
     if result is None:
         raise RuntimeError(f"the pipeline made no outputs: {pipe.stats.last_problem}")
+    missing = [name for name, wanted in want.items() if wanted and name != "info" and name not in result.messages]
+    if missing:  # a frame timed without some of its outputs would look faster than it is
+        raise RuntimeError(f"the pipeline skipped {missing}: {pipe.stats.last_problem}")
     for name, a, b in zip(STAGES, t[:-1], t[1:], strict=True):
         timings.setdefault(name, []).append((b - a) * 1e3)
     return list(result.messages.values())

@@ -18,7 +18,7 @@ The work runs on a grid ``step`` times coarser than the frame (the model's depth
 processing resolution) and the combined map is resized back with nearest neighbour, so the published map
 and the gate agree pixel for pixel. Invalid depth (NaN, <= 0) gets confidence 0.
 
-The per-pixel arithmetic runs in numba kernels (:mod:`~d3_perception.geometry.confidence_kernel`) when numba is
+The per-pixel arithmetic runs in numba kernels (:mod:`~d3_perception.geometry.kernels`) when numba is
 installed; the numpy code here is the reference they equal bit for bit, and the fallback.
 """
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from d3_perception.geometry import confidence_kernel
+from d3_perception.geometry import kernels
 from d3_perception.geometry.intrinsics import check_intrinsics
 
 __all__ = [
@@ -140,11 +140,11 @@ class ConfidenceEstimator:
     """Confidence maps of one stream with work buffers reused across frames (not thread-safe: one worker)."""
 
     def __init__(self, config: ConfidenceConfig | None = None, compiled: bool = True) -> None:
-        """compiled: use :mod:`~d3_perception.geometry.confidence_kernel`'s one-sweep kernels when numba is
+        """compiled: use :mod:`~d3_perception.geometry.kernels`'s one-sweep kernels when numba is
         installed (the numpy code otherwise, and always when ``parts`` are asked for); False = numpy only (the
         reference the kernels are tested against)."""
         self.config = config or ConfidenceConfig()
-        self._kernel = confidence_kernel.load() if compiled else None
+        self._kernel = kernels.load() if compiled else None
         self._buffers: dict[str, np.ndarray] = {}
         self._grids: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._last: tuple[np.ndarray, np.ndarray] | None = None  # (grid confidence, grid validity) of the last frame

@@ -7,6 +7,7 @@ into a message with one ``tobytes()``: no per-point Python loop.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from functools import lru_cache
@@ -14,6 +15,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from d3_perception.geometry import kernels
 from d3_perception.geometry.intrinsics import check_intrinsics
 from d3_perception.parallel import RowWorkers, for_row_chunks, scratch
 
@@ -258,10 +260,13 @@ def fill_cloud(
     max_range_m: float = float("inf"),
     out: np.ndarray | None = None,
     workers: RowWorkers | None = None,
+    compiled: bool = True,
 ) -> tuple[np.ndarray, bool | None]:
     """:func:`cloud_from_depth` that also says whether the cloud is dense (no NaN ``x``), known for free
     from the range test: True/False, or None when it cannot tell without reading ``x`` (infinite max range).
-    ``workers``: share the row blocks with a helper thread (:class:`RowWorkers`).
+    ``workers``: share the row blocks with a helper thread (:class:`RowWorkers`). ``compiled``: write the rows
+    with :mod:`~d3_perception.geometry.kernels`' one-pass kernel when numba is installed (the same bytes);
+    False = numpy and OpenCV only (the reference).
     """
     depth = np.asarray(depth_m)
     if depth.ndim != 2:
@@ -294,52 +299,66 @@ def fill_cloud(
     rgb_s = None if rgb is None else np.asarray(rgb)[::s, ::s]  # [h,w,3]
     n_s = None if nplanes is None else [p[::s, ::s] if s > 1 else p for p in nplanes]  # [h,w] each
     min2, max2 = np.float32(min_range_m) ** 2, np.float32(max_range_m) ** 2
-    w = d.shape[1]
+    kernel = kernels.load() if compiled else None
+    if kernel is not None and d.size:
+        bits = block.view(np.uint32)
+        # unused inputs: any array of the right kind (not read); the kernel releases the GIL, so row blocks on
+        # helper threads run in parallel
+        colour = rgb_s if rgb_s is not None else np.zeros((1, 1, 3), np.uint8)
+        n0, n1, nz = n_s if n_s is not None else (d, d, d)
 
-    def rows(r0: int, r1: int) -> bool:
-        # Planar math on contiguous [rows,w] planes (per-thread scratch reused across frames), then one
-        # cv2.merge pass writes the block rows: the block (10 MB at 640x480) is streamed once instead of
-        # once per field (measured 1.4 vs 2.2 ms cold). Measured slower in the node's sequence although
-        # faster alone: cv2.transpose of [8, n] planar rows; [1,W]/[H,1] ray axes instead of [H,W] ray
-        # planes (broadcasting costs more than the memory it saves). Returns whether every point was kept.
-        hw = (r1 - r0, w)
-        dr = d[r0:r1]
-        r2 = scratch.get("cloud.r2", hw)
-        with np.errstate(invalid="ignore"):
-            np.multiply(dr, dr, out=r2)
-            r2 *= n2[r0:r1]  # squared range
-            # all kept <=> min(d) > 0 and min2 <= r2 <= max2 everywhere: read-only reductions (NaN fails)
-            kept = dr.size == 0 or bool(dr.min() > 0 and r2.min() >= min2 and r2.max() <= max2)
-        drop = None
-        dk = dr
-        if not kept:  # NaN, <= 0 and out-of-range -> NaN point
-            keep, drop = scratch.get("cloud.keep", hw, bool), scratch.get("cloud.drop", hw, bool)
-            with np.errstate(invalid="ignore"):
-                np.greater(dr, 0, out=keep)
-                keep &= np.greater_equal(r2, min2, out=drop)
-                keep &= np.less_equal(r2, max2, out=drop)
-            np.logical_not(keep, out=drop)
-            dk = scratch.get("cloud.dk", hw)
-            np.copyto(dk, dr)
-            np.copyto(dk, np.float32(np.nan), where=drop)
-        fields = [np.multiply(rx[r0:r1], dk, out=scratch.get("cloud.x", hw)),
-                  np.multiply(ry[r0:r1], dk, out=scratch.get("cloud.y", hw)), dk]
-        if rgb_s is not None:
-            fields.append(pack_rgb(rgb_s[r0:r1], out=scratch.get("cloud.rgb", hw)))
-        elif n_s is not None:
-            fields.append(_zeros(hw))  # padding: never ship uninitialised memory
-        for i, plane in enumerate(n_s or ()):
-            src = plane[r0:r1]
-            if not kept:  # normals of dropped points are NaN too
-                masked = scratch.get(f"cloud.n{i}", hw)
-                np.copyto(masked, src)
-                np.copyto(masked, np.float32(np.nan), where=drop)
-                src = masked
-            fields.append(src)
-        fields += [_zeros(hw)] * (k - len(fields))  # padding
-        _merge(fields, block[r0:r1])
-        return kept
-
+        def rows(r0: int, r1: int) -> bool:
+            return kernel.cloud_rows(d, rx, ry, n2, min2, max2, colour, rgb_s is not None, n0, n1, nz,
+                                     n_s is not None, r0, r1, block, bits)
+    else:
+        rows = functools.partial(_numpy_rows, d, rx, ry, n2, min2, max2, rgb_s, n_s, k, block)
     all_kept = all(for_row_chunks(rows, d.shape[0], workers))
     dense = (True if math.isfinite(max_range_m) else None) if all_kept else False
     return block.view(dtype).reshape(d.shape), dense
+
+
+def _numpy_rows(d, rx, ry, n2, min2, max2, rgb_s, n_s, k: int, block: np.ndarray, r0: int, r1: int) -> bool:
+    """Rows ``r0:r1`` of :func:`fill_cloud`'s block by numpy and OpenCV (the reference of the compiled
+    ``kernels.cloud_rows``, and the path without numba). Returns whether every point was kept."""
+    # Planar math on contiguous [rows,w] planes (per-thread scratch reused across frames), then one
+    # cv2.merge pass writes the block rows: the block (10 MB at 640x480) is streamed once instead of
+    # once per field (measured 1.4 vs 2.2 ms cold). Measured slower in the node's sequence although
+    # faster alone: cv2.transpose of [8, n] planar rows; [1,W]/[H,1] ray axes instead of [H,W] ray
+    # planes (broadcasting costs more than the memory it saves).
+    hw = (r1 - r0, d.shape[1])
+    dr = d[r0:r1]
+    r2 = scratch.get("cloud.r2", hw)
+    with np.errstate(invalid="ignore"):
+        np.multiply(dr, dr, out=r2)
+        r2 *= n2[r0:r1]  # squared range
+        # all kept <=> min(d) > 0 and min2 <= r2 <= max2 everywhere: read-only reductions (NaN fails)
+        kept = dr.size == 0 or bool(dr.min() > 0 and r2.min() >= min2 and r2.max() <= max2)
+    drop = None
+    dk = dr
+    if not kept:  # NaN, <= 0 and out-of-range -> NaN point
+        keep, drop = scratch.get("cloud.keep", hw, bool), scratch.get("cloud.drop", hw, bool)
+        with np.errstate(invalid="ignore"):
+            np.greater(dr, 0, out=keep)
+            keep &= np.greater_equal(r2, min2, out=drop)
+            keep &= np.less_equal(r2, max2, out=drop)
+        np.logical_not(keep, out=drop)
+        dk = scratch.get("cloud.dk", hw)
+        np.copyto(dk, dr)
+        np.copyto(dk, np.float32(np.nan), where=drop)
+    fields = [np.multiply(rx[r0:r1], dk, out=scratch.get("cloud.x", hw)),
+              np.multiply(ry[r0:r1], dk, out=scratch.get("cloud.y", hw)), dk]
+    if rgb_s is not None:
+        fields.append(pack_rgb(rgb_s[r0:r1], out=scratch.get("cloud.rgb", hw)))
+    elif n_s is not None:
+        fields.append(_zeros(hw))  # padding: never ship uninitialised memory
+    for i, plane in enumerate(n_s or ()):
+        src = plane[r0:r1]
+        if not kept:  # normals of dropped points are NaN too
+            masked = scratch.get(f"cloud.n{i}", hw)
+            np.copyto(masked, src)
+            np.copyto(masked, np.float32(np.nan), where=drop)
+            src = masked
+        fields.append(src)
+    fields += [_zeros(hw)] * (k - len(fields))  # padding
+    _merge(fields, block[r0:r1])
+    return kept

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from d3_perception.geometry import confidence_kernel
+from d3_perception.geometry import kernels
 
 __all__ = ["StabilizerConfig", "TemporalStabilizer"]
 
@@ -58,10 +58,10 @@ class TemporalStabilizer:
     """Per-stream state (not thread-safe: one worker calls it). ``reset()`` after a gap or a mode change."""
 
     def __init__(self, config: StabilizerConfig | None = None, compiled: bool = True) -> None:
-        """compiled: the per-pixel work in one sweep by :mod:`~d3_perception.geometry.confidence_kernel` when
+        """compiled: the per-pixel work in one sweep by :mod:`~d3_perception.geometry.kernels` when
         numba is installed (the same outputs, 4-5x faster at 640x480); False = numpy only (the reference)."""
         self.config = config or StabilizerConfig()
-        self._kernel = confidence_kernel.load() if compiled else None
+        self._kernel = kernels.load() if compiled else None
         self.reset()
 
     def reset(self) -> None:

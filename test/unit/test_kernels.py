@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from d3_perception.geometry import confidence_kernel
+from d3_perception.geometry import kernels
 from d3_perception.geometry.confidence import (
     RESIDUAL_CAP,
     ConfidenceConfig,
@@ -93,7 +93,7 @@ def test_cell_medians_equal_numpy_medians_with_ties_and_invalid_depth(n):
     z[rng.random(z.size) < 0.1] = np.nan
     z[::9] = values[::9] * 4  # 300 % off: capped at RESIDUAL_CAP
     median, count = np.empty(cells, np.float32), np.empty(cells, np.float32)
-    confidence_kernel.load().cell_medians(z, index, values, bins, cells, RESIDUAL_CAP, median, count)
+    kernels.load().cell_medians(z, index, values, bins, cells, RESIDUAL_CAP, median, count)
     r = np.minimum(np.abs(z - values) / values, RESIDUAL_CAP)
     for c in range(cells):
         mine = r[(bins == c) & np.isfinite(r)]
@@ -106,14 +106,14 @@ def test_without_numba_the_estimator_uses_numpy(monkeypatch):
     depth, K, normals, reference = _frame((96, 128), seed=1)
     expected = ConfidenceEstimator().compute(depth, K, normals, reference).copy()
     monkeypatch.setitem(sys.modules, "numba", None)  # import numba -> ImportError
-    confidence_kernel.load.cache_clear()
+    kernels.load.cache_clear()
     try:
-        assert confidence_kernel.load() is None
+        assert kernels.load() is None
         est = ConfidenceEstimator()
         assert est._kernel is None
         np.testing.assert_array_equal(est.compute(depth, K, normals, reference), expected)
     finally:
-        confidence_kernel.load.cache_clear()
+        kernels.load.cache_clear()
 
 
 @pytest.mark.parametrize("blend", [0.0, 0.7])
@@ -153,18 +153,19 @@ def test_compiled_stabiliser_equals_the_numpy_reference(blend):
 
 def test_warm_up_compiles_what_a_node_frame_uses():
     """After warm_up() (the node calls it while configuring), a 640x480 frame as the node rates it (normals as
-    three planes, a SparsePoints reference) and two stabiliser frames compile nothing more: the first camera
-    frame does not wait for numba. Run in a fresh process, where no other test compiled anything."""
+    three planes, a SparsePoints reference), stabiliser frames and the node's clouds (with and without colour,
+    rows on helper threads) compile nothing more: the first camera frame does not wait for numba. Run in a
+    fresh process, where no other test compiled anything."""
     import subprocess
 
     code = """
 import numpy as np
-from d3_perception.geometry import confidence_kernel as ck
+from d3_perception.geometry import kernels as ck
 from d3_perception.geometry.confidence import ConfidenceEstimator, SparsePoints
 from d3_perception.geometry.temporal import StabilizerConfig, TemporalStabilizer
 assert ck.warm_up()
 k = ck.load()
-names = ("image_cues", "combine", "cell_medians", "changed_pixels", "still_blend")
+names = ("image_cues", "combine", "cell_medians", "changed_pixels", "still_blend", "cloud_rows")
 before = [len(getattr(k, n).signatures) for n in names]
 assert all(before), before
 rng = np.random.default_rng(0)
@@ -178,9 +179,50 @@ stabilizer = TemporalStabilizer(StabilizerConfig(blend=0.5))
 rgb = np.zeros((480, 640, 3), np.uint8)
 for _ in range(3):
     stabilizer.update(depth, rgb)
+from d3_perception.geometry.pointcloud import fill_cloud
+from d3_perception.parallel import RowWorkers
+workers = RowWorkers(2)
+for colour in (rgb, None):
+    fill_cloud(depth, K, colour, (normals[0], normals[1], normals[2]), 1, 0.1, 20.0, workers=workers)
+workers.close()
 after = [len(getattr(k, n).signatures) for n in names]
 assert after == before, (before, after)
 print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_compiled_cloud_bytes_equal_the_numpy_reference(stride):
+    """The cloud kernel writes the organized cloud byte for byte as the numpy/OpenCV rows do: with and without
+    colour and normals (planes or [H,W,3]), with a range limit or none, on depth with NaN, negative, zero and
+    out-of-range values, alone and shared with helper threads; the density flag agrees too."""
+    from d3_perception.geometry.pointcloud import fill_cloud
+    from d3_perception.parallel import RowWorkers
+
+    rng = np.random.default_rng(stride)
+    hw = (97, 131)
+    K = np.array([[120.0, 0, 65.0], [0, 118.0, 48.5], [0, 0, 1]])
+    depth = rng.uniform(0.05, 30.0, hw).astype(np.float32)
+    depth[rng.random(hw) < 0.05] = np.nan
+    depth[:2] = -1.0
+    depth[5, :7] = 0.0
+    rgb = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    n = rng.normal(size=(3, *hw)).astype(np.float32)
+    still = np.full(hw, 3.0, np.float32)  # every point kept: the dense flag is True
+    workers = RowWorkers(2)
+    try:
+        for d in (depth, still):
+            for colour in (rgb, None):
+                for normals in ((n[0], n[1], n[2]), np.moveaxis(n, 0, -1), None):
+                    for limits in ((0.0, float("inf")), (0.5, 20.0)):
+                        want, want_dense = fill_cloud(d, K, colour, normals, stride, *limits, compiled=False)
+                        for w in (None, workers):
+                            got, dense = fill_cloud(d, K, colour, normals, stride, *limits, workers=w)
+                            assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+                            assert dense == want_dense
+        assert fill_cloud(still, K, rgb, None, stride, 0.5, 20.0)[1] is True
+        assert fill_cloud(depth, K, rgb, None, stride, 0.5, 20.0)[1] is False
+    finally:
+        workers.close()

@@ -1,4 +1,4 @@
-"""Compiled kernels for :class:`~d3_perception.geometry.confidence.ConfidenceEstimator`'s per-pixel work.
+"""Compiled kernels for the node's per-pixel work: confidence, the temporal stabiliser and the point cloud.
 
 The numpy code in ``confidence.py`` is the reference: about 60 ufunc calls over the 160x120 grid, each with its
 own call overhead and pass through memory (0.55 ms per 640x480 frame standalone, 0.7 ms inside the node, where
@@ -7,9 +7,14 @@ in the same order in two sweeps over the grid and one over the reference's retur
 have no fused per-pixel kernels); the erosion and the powers stay with OpenCV and numpy, which vectorise them.
 The maps are bit-identical to the reference's (tested), and the kernels release the GIL.
 
-numba is optional: :func:`load` returns None without it and the estimator keeps the numpy path. The first call
+The same holds for :class:`~d3_perception.geometry.temporal.TemporalStabilizer` (``changed_pixels``,
+``still_blend``) and :func:`~d3_perception.geometry.pointcloud.fill_cloud` (``cloud_rows``: back-projection,
+range test and every field of the organized cloud written in one pass, instead of planar temporaries merged
+by OpenCV; bit-identical bytes).
+
+numba is optional: :func:`load` returns None without it and every caller keeps its numpy path. The first call
 compiles (about 2 s), then the machine code is cached on disk (beside this file, or in numba's user cache
-where this folder is read-only).
+where this folder is read-only); :func:`warm_up` does that for a node while it configures.
 """
 
 from __future__ import annotations
@@ -24,15 +29,16 @@ __all__ = ["load", "warm_up"]
 
 @functools.cache
 def load() -> types.SimpleNamespace | None:
-    """The compiled kernels (``image_cues``, ``combine``, ``cell_medians``, and ``changed_pixels`` /
-    ``still_blend`` for :class:`~d3_perception.geometry.temporal.TemporalStabilizer`), or None without numba."""
+    """The compiled kernels (``image_cues``, ``combine``, ``cell_medians``; ``changed_pixels``, ``still_blend``;
+    ``cloud_rows``), or None without numba."""
     try:
         import numba
     except ImportError:
         return None
     jit = numba.njit(cache=True, nogil=True, error_model="numpy")  # IEEE division (inf, NaN), as numpy
     return types.SimpleNamespace(image_cues=jit(_image_cues), combine=jit(_combine), cell_medians=jit(_cell_medians),
-                                 changed_pixels=jit(_changed_pixels), still_blend=jit(_still_blend))
+                                 changed_pixels=jit(_changed_pixels), still_blend=jit(_still_blend),
+                                 cloud_rows=jit(_cloud_rows))
 
 
 def warm_up() -> bool:
@@ -55,6 +61,12 @@ def warm_up() -> bool:
     grey = np.zeros((8, 8, 3), np.uint8)
     for _ in range(2):  # the kernels run from the second frame on
         stabilizer.update(depth, grey)
+    from d3_perception.geometry.pointcloud import fill_cloud
+
+    planes = (normals[0], normals[1], normals[2])
+    for stride in (1, 2):  # contiguous and strided views compile separately
+        for colour, with_normals in ((grey, planes), (grey, None), (None, planes), (None, None)):
+            fill_cloud(depth, K, colour, with_normals, stride=stride, min_range_m=0.1, max_range_m=20.0)
     return True
 
 
@@ -249,3 +261,44 @@ def _still_blend(depth, prev, raw, grey, prev_grey, threshold, max_change, blend
         prev[k] = value
         raw[k] = d
     return valid, still_count, used
+
+
+def _cloud_rows(d, rx, ry, n2, min2, max2, rgb, use_rgb, n0, n1, nz, use_normals, r0, r1, block, bits):
+    """Rows ``r0:r1`` of the organized cloud ``block`` ``[h,w,k]`` float32 (``bits``: the same memory as uint32),
+    as :func:`~d3_perception.geometry.pointcloud.fill_cloud`'s numpy code writes them: a point is kept where
+    ``d > 0`` and ``min2 <= d^2 |ray|^2 <= max2`` (squared range, float32; NaN fails), else x, y, z (and its
+    normals) are NaN; x = rx d, y = ry d, z = d; slot 3 the packed ``0x00RRGGBB`` colour (``use_rgb``) or 0;
+    with normals (k = 8) slots 4-6 ``n0, n1, nz`` and slot 7 0. ``d, rx, ry, n2`` ``[h,w]`` float32, ``rgb``
+    ``[h,w,3]`` uint8, normals ``[h,w]`` float32 (unused ones are not read). Returns whether every point of the
+    rows was kept."""
+    w = d.shape[1]
+    k = block.shape[2]
+    zero = np.float32(0.0)
+    nan = np.float32(np.nan)
+    all_kept = True
+    for r in range(r0, r1):
+        for c in range(w):
+            z = d[r, c]
+            r2 = z * z
+            r2 *= n2[r, c]
+            keep = (z > zero) & (r2 >= min2) & (r2 <= max2)
+            all_kept &= keep
+            zk = z if keep else nan
+            block[r, c, 0] = rx[r, c] * zk
+            block[r, c, 1] = ry[r, c] * zk
+            block[r, c, 2] = zk
+            if use_rgb:
+                bits[r, c, 3] = (np.uint32(rgb[r, c, 0]) << 16) | (np.uint32(rgb[r, c, 1]) << 8) | np.uint32(rgb[r, c, 2])
+            else:
+                block[r, c, 3] = zero
+            if k == 8:
+                if use_normals:
+                    block[r, c, 4] = n0[r, c] if keep else nan
+                    block[r, c, 5] = n1[r, c] if keep else nan
+                    block[r, c, 6] = nz[r, c] if keep else nan
+                else:
+                    block[r, c, 4] = zero
+                    block[r, c, 5] = zero
+                    block[r, c, 6] = zero
+                block[r, c, 7] = zero
+    return all_kept
