@@ -33,14 +33,13 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from d3_perception.backends import create_backend, fallback_names
 from d3_perception.backends.chain import BackendChain
-from d3_perception.geometry import kernels
 from d3_perception.ros.camera_set import CameraSet, camera_topic
 from d3_perception.ros.diagnostics import NodeState, diagnostic_array, prediction_info
 from d3_perception.ros.entry import executable_parser, ignore_further_signals, split_ros_args
 from d3_perception.ros.launch_config import NODE_NAME
 from d3_perception.ros.node_params import NodeParameters
 from d3_perception.ros.params import resolve_checkpoint
-from d3_perception.ros.pipeline import Frame, wanted_outputs
+from d3_perception.ros.pipeline import Frame, wanted_outputs, warm_up_kernels
 from d3_perception.ros.sparse_reference import stamp_s
 
 __all__ = ["D3PerceptionNode", "main"]
@@ -96,7 +95,7 @@ class D3PerceptionNode(NodeParameters, LifecycleNode):
             self.get_logger().error(self._configure_error)
             return TransitionCallbackReturn.FAILURE
         self._configure_error = ""
-        kernels.warm_up()  # compiled now (or loaded from numba's cache), not on the first frame
+        warm_up_kernels()  # compiled now (or loaded from numba's cache), not on the first frame
         self._backends = BackendChain(first, fallback_names(first.info.name, cfg.fallback_backends),
                                       create, checkpoint, log=self._log_backend_error,
                                       on_switch=lambda active: self.get_logger().info(active.describe()))

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from d3_perception.backends.chain import ActiveBackend, BackendChain
+from d3_perception.geometry import kernels
 from d3_perception.geometry.alignment import AlignmentResult, MetricAligner
 from d3_perception.geometry.intrinsics import scale_intrinsics
 from d3_perception.image_codec import COLOR_ENCODINGS, to_rgb8
@@ -37,7 +38,7 @@ from d3_perception.ros.params import NodeConfig
 from d3_perception.ros.pipeline_stats import PipelineStats, WarnThrottle
 from d3_perception.ros.sparse_reference import SparseReference, stamp_s
 
-__all__ = ["OUTPUTS", "CameraPipeline", "Frame", "FrameResult", "Prepared", "wanted_outputs"]
+__all__ = ["OUTPUTS", "CameraPipeline", "Frame", "FrameResult", "Prepared", "wanted_outputs", "warm_up_kernels"]
 
 FRESH_WAIT_PERIODS = 1.5  # wait_for_fresh_frame: a stale frame is held at most this many periods old
 OUTPUTS = ("depth", "relative", "camera_info", "colored", "normals", "normals_colored", "points", "info",
@@ -92,6 +93,12 @@ class Prepared:
 
 def _carry_reset(dropped: Frame, newer: Frame) -> None:
     newer.reset_alignment |= dropped.reset_alignment
+
+
+def warm_up_kernels() -> None:
+    """Compile the per-pixel kernels of the pipelines' work (confidence, stabiliser, cloud; numba) now, or load
+    them from numba's cache, so that a node's first frame does not wait for it (a no-op without numba)."""
+    kernels.warm_up()
 
 
 def wanted_outputs(cfg: NodeConfig, subscribers: dict[str, int]) -> dict[str, bool]:
