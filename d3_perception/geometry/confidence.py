@@ -429,12 +429,12 @@ class ConfidenceEstimator:
         cells_hw = (-(-h // cell), -(-w // cell))
         bins, index, rr = points.by_cell(cell)
         size = cells_hw[0] * cells_hw[1]
+        z_flat = z_full.reshape(-1)  # a view (a contiguous copy of a strided frame)
         if self._kernel is not None:
             num, den = self._buf("cell_median", (size,)), self._buf("cell_count", (size,))
-            self._kernel.cell_medians(np.ascontiguousarray(z_full).reshape(-1), index, rr, bins, size,
-                                      RESIDUAL_CAP, num, den)
+            self._kernel.cell_medians(z_flat, index, rr, bins, size, RESIDUAL_CAP, num, den)
         else:
-            r = np.take(z_full.reshape(-1), index)  # [M] only the reference pixels, no full-frame pass
+            r = np.take(z_flat, index)  # [M] only the reference pixels, no full-frame pass
             r -= rr
             np.abs(r, out=r)
             r /= rr  # [M] relative residual, NaN where the depth is invalid

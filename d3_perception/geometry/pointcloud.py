@@ -311,13 +311,13 @@ def fill_cloud(
             return kernel.cloud_rows(d, rx, ry, n2, min2, max2, colour, rgb_s is not None, n0, n1, nz,
                                      n_s is not None, r0, r1, block, bits)
     else:
-        rows = functools.partial(_numpy_rows, d, rx, ry, n2, min2, max2, rgb_s, n_s, k, block)
+        rows = functools.partial(_numpy_rows, d, rx, ry, n2, min2, max2, rgb_s, n_s, block)
     all_kept = all(for_row_chunks(rows, d.shape[0], workers))
     dense = (True if math.isfinite(max_range_m) else None) if all_kept else False
     return block.view(dtype).reshape(d.shape), dense
 
 
-def _numpy_rows(d, rx, ry, n2, min2, max2, rgb_s, n_s, k: int, block: np.ndarray, r0: int, r1: int) -> bool:
+def _numpy_rows(d, rx, ry, n2, min2, max2, rgb_s, n_s, block: np.ndarray, r0: int, r1: int) -> bool:
     """Rows ``r0:r1`` of :func:`fill_cloud`'s block by numpy and OpenCV (the reference of the compiled
     ``kernels.cloud_rows``, and the path without numba). Returns whether every point was kept."""
     # Planar math on contiguous [rows,w] planes (per-thread scratch reused across frames), then one
@@ -359,6 +359,6 @@ def _numpy_rows(d, rx, ry, n2, min2, max2, rgb_s, n_s, k: int, block: np.ndarray
             np.copyto(masked, np.float32(np.nan), where=drop)
             src = masked
         fields.append(src)
-    fields += [_zeros(hw)] * (k - len(fields))  # padding
+    fields += [_zeros(hw)] * (block.shape[2] - len(fields))  # padding
     _merge(fields, block[r0:r1])
     return kept

@@ -134,12 +134,11 @@ class TemporalStabilizer:
         flat_grey, flat_prev_grey = grey.reshape(-1), self._grey.reshape(-1)
         self.moving_share = kernel.changed_pixels(flat_grey, flat_prev_grey, cfg.image_threshold) / grey.size
         self.blended_share, self.still_flicker = 0.0, math.nan
-        out = np.empty_like(d)
         if self.moving_share > cfg.max_moving_share:  # the camera moves: the frame passes through
-            np.copyto(out, d)
             np.copyto(self._depth, d)
             np.copyto(self._raw, d)
-            return out
+            return d.copy()
+        out = np.empty_like(d)
         if self._flicker is None or self._flicker.shape != d.shape:
             self._flicker = np.empty_like(d)
         valid, n_still, n_flicker = kernel.still_blend(
